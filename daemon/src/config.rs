@@ -1,0 +1,311 @@
+//! shoald configuration: command-line flags, `SHOAL_*` environment variables and an
+//! optional TOML file (`--config`).
+//!
+//! Precedence is flag > environment > file > built-in default. The TOML keys are the
+//! long flag names (`data-dir`, `insecure-registry = ["a", "b"]`, ...); an unknown key
+//! fails start-up with its name, like an unknown flag does.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The shoald configuration.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "shoald",
+    version,
+    about = "shoal node daemon: a chunked, verified pull-through OCI registry mirror for container runtimes",
+    long_about = None
+)]
+pub struct Config {
+    /// TOML file with any of these options (keys are the long flag names, e.g. `data-dir`).
+    #[arg(long, env = "SHOAL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Directory for blobs, partial downloads and the metadata index.
+    #[arg(
+        long,
+        env = "SHOAL_DATA_DIR",
+        value_name = "PATH",
+        default_value = "/var/lib/shoal"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Address of the registry-mirror HTTP endpoint (also serves /metrics and /healthz).
+    #[arg(
+        long,
+        env = "SHOAL_MIRROR_ADDR",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:5050"
+    )]
+    pub mirror_addr: SocketAddr,
+
+    /// Upstream registry reached over plain HTTP instead of HTTPS (repeatable).
+    #[arg(
+        long,
+        env = "SHOAL_INSECURE_REGISTRY",
+        value_name = "HOST[:PORT]",
+        value_delimiter = ','
+    )]
+    pub insecure_registry: Vec<String>,
+
+    /// Upstream used when a request carries no `?ns=` query parameter.
+    #[arg(
+        long,
+        env = "SHOAL_DEFAULT_UPSTREAM",
+        value_name = "HOST",
+        default_value = "docker.io"
+    )]
+    pub default_upstream: String,
+
+    /// Docker `config.json` whose `auths` hold credentials for upstream registries.
+    #[arg(long, env = "SHOAL_CREDENTIALS", value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Disk quota for the content store (e.g. `200GiB`, `0` = unlimited). Least recently
+    /// used unpinned blobs are evicted to stay under it.
+    #[arg(long, env = "SHOAL_MAX_DISK", value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    pub max_disk: u64,
+
+    /// Chunk size for new blobs (64KiB..64MiB).
+    #[arg(long, env = "SHOAL_CHUNK_SIZE", value_name = "SIZE", default_value = "4MiB", value_parser = parse_chunk_size)]
+    pub chunk_size: u64,
+
+    /// How long a tag→digest resolution is trusted before asking the upstream again.
+    #[arg(long, env = "SHOAL_TAG_TTL", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub tag_ttl: Duration,
+
+    /// Serve the last known digest of a tag when the upstream is unreachable.
+    #[arg(long, env = "SHOAL_STALE_IF_ERROR", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
+    pub stale_if_error: bool,
+
+    /// Timeout for connecting to an upstream and for each upstream read.
+    #[arg(long, env = "SHOAL_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// Retries of a failed upstream request (with exponential backoff) before giving up.
+    #[arg(
+        long,
+        env = "SHOAL_UPSTREAM_RETRIES",
+        value_name = "N",
+        default_value = "3"
+    )]
+    pub upstream_retries: u32,
+}
+
+/// Parses `1234`, `10K`, `4MiB`, `1.5G`, ... (binary and decimal suffixes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512MiB, 20GB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "ki" | "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mi" | "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gi" | "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "ti" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    Ok((value * mult as f64) as u64)
+}
+
+fn parse_chunk_size(s: &str) -> Result<u64, String> {
+    let v = parse_size(s)?;
+    let (min, max) = (
+        shoal_proto::chunk::MIN_CHUNK_SIZE,
+        shoal_proto::chunk::MAX_CHUNK_SIZE,
+    );
+    if v < u64::from(min) || v > u64::from(max) {
+        return Err(format!("chunk size must be between {min} and {max} bytes"));
+    }
+    Ok(v)
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Bad flags or environment (clap's message names the option).
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has an unknown or invalid key.
+    #[error("config file {path}: {message}")]
+    File {
+        /// File path.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads the configuration from `args` (including argv\[0\]), the environment and
+    /// the file named by `--config`.
+    pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Config::command().try_get_matches_from(&args)?;
+        let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+            return Ok(Config::from_arg_matches(&matches)?);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::File {
+                path: path.clone(),
+                message: e.message().to_owned(),
+            })?;
+        // Re-parse with the file's values inserted as flags *before* the real ones,
+        // but only for options the command line and environment left at default.
+        let mut merged: Vec<std::ffi::OsString> =
+            vec![args.first().cloned().unwrap_or_else(|| "shoald".into())];
+        let cmd = Config::command();
+        for (key, value) in &table {
+            let known = cmd
+                .get_arguments()
+                .any(|a| a.get_long() == Some(key.as_str()) && key != "config");
+            if !known {
+                return Err(ConfigError::File {
+                    path,
+                    message: format!("unknown option {key:?}"),
+                });
+            }
+            if !from_default(&matches, key) {
+                continue;
+            }
+            for v in toml_values(key, value).map_err(|message| ConfigError::File {
+                path: path.clone(),
+                message,
+            })? {
+                merged.push(format!("--{key}").into());
+                merged.push(v.into());
+            }
+        }
+        merged.extend(args.into_iter().skip(1));
+        let matches = Config::command()
+            .try_get_matches_from(&merged)
+            .map_err(|e| ConfigError::File {
+                path: path.clone(),
+                message: e.to_string().lines().next().unwrap_or_default().to_owned(),
+            })?;
+        Ok(Config::from_arg_matches(&matches)?)
+    }
+}
+
+fn from_default(matches: &ArgMatches, key: &str) -> bool {
+    let id = key.replace('-', "_");
+    matches!(
+        matches.value_source(&id),
+        None | Some(ValueSource::DefaultValue)
+    )
+}
+
+fn toml_values(key: &str, value: &toml::Value) -> Result<Vec<String>, String> {
+    let scalar = |v: &toml::Value| match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        other => Err(format!(
+            "option {key:?} has unsupported value type {}",
+            other.type_str()
+        )),
+    };
+    match value {
+        toml::Value::Array(items) => items.iter().map(scalar).collect(),
+        v => Ok(vec![scalar(v)?]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("10k").unwrap(), 10_000);
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn file_values_apply_below_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("shoald.toml");
+        std::fs::write(
+            &f,
+            "data-dir = \"/from/file\"\nmax-disk = \"1GiB\"\ninsecure-registry = [\"a:5000\", \"b\"]\nstale-if-error = false\n",
+        )
+        .unwrap();
+        let c = Config::load_from([
+            "shoald",
+            "--config",
+            f.to_str().unwrap(),
+            "--data-dir",
+            "/from/flag",
+        ])
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(c.max_disk, 1 << 30);
+        assert_eq!(c.insecure_registry, vec!["a:5000", "b"]);
+        assert!(!c.stale_if_error);
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("shoald.toml");
+        std::fs::write(&f, "data-dri = \"/x\"\n").unwrap();
+        let err = Config::load_from(["shoald", "--config", f.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("data-dri"), "{err}");
+    }
+
+    #[test]
+    fn invalid_flag_value_is_named() {
+        let err = Config::load_from(["shoald", "--chunk-size", "1"]).unwrap_err();
+        assert!(err.to_string().contains("--chunk-size"), "{err}");
+        let err = Config::load_from(["shoald", "--bogus"]).unwrap_err();
+        assert!(err.to_string().contains("--bogus"), "{err}");
+    }
+}

@@ -1,0 +1,110 @@
+//! Wiring: opens the store, builds the upstream client and serves the mirror.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::mirror::{self, Mirror};
+use crate::store::{Store, StoreError};
+use crate::swarm::Downloads;
+use crate::upstream::{Credentials, Upstream, UpstreamError, UpstreamOptions};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The content store could not be opened.
+    #[error("opening content store in {path}: {source}")]
+    Store {
+        /// Data directory.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: StoreError,
+    },
+    /// Upstream client setup failed (e.g. unreadable credentials).
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The mirror address could not be bound.
+    #[error("binding mirror address {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// A started daemon.
+pub struct Daemon {
+    /// Where the mirror listens (useful with port 0).
+    pub mirror_addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+}
+
+impl Daemon {
+    /// Opens the store (reconciling its index) and binds the mirror address.
+    pub async fn start(config: &Config) -> Result<Daemon, StartError> {
+        let credentials = match &config.credentials {
+            Some(p) => Credentials::load(p)?,
+            None => Credentials::default(),
+        };
+        let upstream = Arc::new(Upstream::new(UpstreamOptions {
+            insecure: config.insecure_registry.clone(),
+            credentials,
+            timeout: config.upstream_timeout,
+            retries: config.upstream_retries,
+        })?);
+        let (data_dir, chunk_size, quota) = (
+            config.data_dir.clone(),
+            config.chunk_size as u32,
+            config.max_disk,
+        );
+        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, chunk_size, quota))
+            .await
+            .map_err(|e| StartError::Store {
+                path: config.data_dir.clone(),
+                source: StoreError::io("opening store", std::io::Error::other(e)),
+            })?
+            .map_err(|source| StartError::Store {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::default());
+        let mirror = Arc::new(Mirror {
+            downloads: Downloads::new(store.clone(), upstream.clone(), metrics.clone()),
+            store,
+            upstream,
+            metrics,
+            default_upstream: config.default_upstream.clone(),
+            tag_ttl: config.tag_ttl,
+            stale_if_error: config.stale_if_error,
+        });
+        let listener = tokio::net::TcpListener::bind(config.mirror_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.mirror_addr,
+                source,
+            })?;
+        let mirror_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.mirror_addr,
+            source,
+        })?;
+        Ok(Daemon {
+            mirror_addr,
+            listener,
+            router: mirror::router(mirror),
+        })
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}

@@ -1,0 +1,61 @@
+//! `shoald` entry point: configuration, logging, signals.
+
+use anyhow::Context as _;
+use shoal_daemon::config::{Config, LogFormat};
+use shoal_daemon::daemon::Daemon;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let config = match Config::load_from(std::env::args_os()) {
+        Ok(c) => c,
+        Err(shoal_daemon::config::ConfigError::Cli(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("shoald: {e}");
+            std::process::exit(2);
+        }
+    };
+    init_logging(config.log_format);
+    if let Err(e) = run(config) {
+        tracing::error!("{e:#}");
+        eprintln!("shoald: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let daemon = Daemon::start(&config).await?;
+        tracing::info!(mirror = %daemon.mirror_addr, data_dir = %config.data_dir.display(), "shoald listening");
+        daemon.serve(shutdown_signal()).await.context("serving the mirror")?;
+        tracing::info!("shoald stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down; finishing in-flight requests");
+}

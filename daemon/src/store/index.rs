@@ -1,0 +1,198 @@
+//! The sled metadata index. Everything in it about committed blobs can be rebuilt from
+//! the data files (see `reconcile`); partial-blob chunk presence and tags are the only
+//! things that live here alone.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use shoal_proto::{ChunkHash, Digest};
+
+use super::{BlobRecord, Result, StoreError};
+
+/// A tag resolved to a manifest digest, with when that was learned from the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TagRecord {
+    /// Manifest digest.
+    pub digest: Digest,
+    /// Manifest media type.
+    pub media_type: String,
+    /// Manifest size.
+    pub size: u64,
+    /// Unix seconds of the last successful upstream resolution.
+    pub resolved_at: u64,
+}
+
+/// Chunk presence of a blob being downloaded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartialRecord {
+    /// Blob size.
+    pub size: u64,
+    /// Chunk size of the staging file.
+    pub chunk_size: u32,
+    /// Media type, when known.
+    pub media_type: Option<String>,
+    /// BLAKE3 of each chunk written so far; `None` for chunks not yet present.
+    pub chunks: Vec<Option<ChunkHash>>,
+}
+
+pub(crate) struct Index {
+    db: sled::Db,
+    blobs: sled::Tree,
+    partials: sled::Tree,
+    access: sled::Tree,
+    tags: sled::Tree,
+}
+
+/// Current Unix time in seconds.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Record {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail (no maps with non-string keys).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+impl Index {
+    pub(crate) fn open(path: &Path) -> Result<Index> {
+        let db = match sled::open(path) {
+            Ok(db) => db,
+            Err(e) => {
+                // sled 0.34 can fail to recover after an abrupt stop. The index is
+                // rebuildable, so move the broken one aside and start empty.
+                let aside = path.with_extension(format!("broken-{}", now_secs()));
+                tracing::error!(error = %e, moved_to = %aside.display(), "metadata index unreadable; rebuilding from data files");
+                std::fs::rename(path, &aside)
+                    .map_err(|e| StoreError::io("moving broken index aside", e))?;
+                sled::open(path)?
+            }
+        };
+        Ok(Index {
+            blobs: db.open_tree("blobs")?,
+            partials: db.open_tree("partials")?,
+            access: db.open_tree("access")?,
+            tags: db.open_tree("tags")?,
+            db,
+        })
+    }
+
+    pub(crate) fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>> {
+        let key = digest.hex();
+        self.blobs
+            .get(&key)?
+            .map(|v| decode(key.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub(crate) fn blobs(&self) -> Result<Vec<BlobRecord>> {
+        self.blobs
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub(crate) fn put_blob(&self, record: &BlobRecord) -> Result<()> {
+        let key = record.digest.hex();
+        self.blobs.insert(&key, encode(record))?;
+        if self.access.get(&key)?.is_none() {
+            self.access.insert(&key, &now_secs().to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_access(&self, digest: &Digest, secs: u64) -> Result<()> {
+        self.access.insert(digest.hex(), &secs.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub(crate) fn touch(&self, digest: &Digest) -> Result<()> {
+        self.set_access(digest, now_secs())
+    }
+
+    pub(crate) fn remove_blob(&self, digest: &Digest) -> Result<()> {
+        let key = digest.hex();
+        self.blobs.remove(&key)?;
+        self.access.remove(&key)?;
+        Ok(())
+    }
+
+    /// Committed digests, least recently used first.
+    pub(crate) fn by_last_access(&self) -> Result<Vec<(Digest, u64)>> {
+        let mut out = Vec::new();
+        for kv in self.access.iter() {
+            let (k, v) = kv?;
+            let Ok(digest) = std::str::from_utf8(&k)
+                .map_err(|_| ())
+                .and_then(|s| Digest::from_hex(s).map_err(|_| ()))
+            else {
+                continue;
+            };
+            let secs = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            out.push((digest, secs));
+        }
+        out.sort_by_key(|&(_, secs)| secs);
+        Ok(out)
+    }
+
+    pub(crate) fn partial(&self, digest: &Digest) -> Result<Option<PartialRecord>> {
+        let key = digest.hex();
+        self.partials
+            .get(&key)?
+            .map(|v| decode(key.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub(crate) fn partial_digests(&self) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        for k in self.partials.iter().keys() {
+            let k = k?;
+            if let Ok(d) = std::str::from_utf8(&k)
+                .map_err(|_| ())
+                .and_then(|s| Digest::from_hex(s).map_err(|_| ()))
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn put_partial(&self, digest: &Digest, record: &PartialRecord) -> Result<()> {
+        self.partials.insert(digest.hex(), encode(record))?;
+        Ok(())
+    }
+
+    pub(crate) fn remove_partial(&self, digest: &Digest) -> Result<()> {
+        self.partials.remove(digest.hex())?;
+        Ok(())
+    }
+
+    pub(crate) fn tag(&self, key: &str) -> Result<Option<TagRecord>> {
+        self.tags
+            .get(key)?
+            .map(|v| decode(key.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub(crate) fn put_tag(&self, key: &str, record: &TagRecord) -> Result<()> {
+        self.tags.insert(key, encode(record))?;
+        Ok(())
+    }
+
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}

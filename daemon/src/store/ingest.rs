@@ -1,0 +1,273 @@
+//! Writing a blob into the store: one pass computes the blob's sha256 and each chunk's
+//! BLAKE3 while the bytes go to a staging file; the blob is renamed into place only
+//! when the sha256 matches.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+use shoal_proto::{ChunkHash, ChunkIndex, ChunkLayout, Digest};
+
+use super::index::PartialRecord;
+use super::{reconcile, BlobRecord, Result, Store, StoreError};
+
+/// A blob being written. Created by [`Store::begin_ingest`] (resumable, staged in
+/// `partial/`) or [`Store::put_bytes`] (one-shot, staged in `tmp/`).
+///
+/// Dropping it without [`Ingest::commit`] releases its space reservation; a resumable
+/// staging file stays for the next attempt, a one-shot one is removed.
+pub struct Ingest {
+    store: Arc<Store>,
+    digest: Digest,
+    layout: ChunkLayout,
+    media_type: Option<String>,
+    staging: PathBuf,
+    resumable: bool,
+    file: File,
+    sha: Sha256,
+    chunk_hasher: blake3::Hasher,
+    /// Bytes written, all contiguous from 0.
+    offset: u64,
+    chunks: Vec<Option<ChunkHash>>,
+    reserved: u64,
+    committed: bool,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Ingest {
+    pub(super) fn begin(
+        store: Arc<Store>,
+        digest: Digest,
+        size: u64,
+        media_type: Option<String>,
+        resumable: bool,
+    ) -> Result<Ingest> {
+        let layout = ChunkLayout::new(size, store.chunk_size);
+        let staging = if resumable {
+            store.partial_path(&digest)
+        } else {
+            let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+            store
+                .root
+                .join("tmp")
+                .join(format!("{}.{}.{n}", digest.hex(), std::process::id()))
+        };
+        store.reserve(size)?;
+        let mut ingest = Ingest {
+            file: match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(!resumable)
+                .open(&staging)
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    store.release(size);
+                    return Err(StoreError::io(
+                        format!("creating staging file {}", staging.display()),
+                        e,
+                    ));
+                }
+            },
+            chunks: vec![None; layout.count() as usize],
+            store,
+            digest,
+            layout,
+            media_type,
+            staging,
+            resumable,
+            sha: Sha256::new(),
+            chunk_hasher: blake3::Hasher::new(),
+            offset: 0,
+            reserved: size,
+            committed: false,
+        };
+        if resumable {
+            ingest.resume()?;
+        }
+        Ok(ingest)
+    }
+
+    /// Re-reads the chunks a previous attempt recorded, keeping the leading run whose
+    /// BLAKE3 still matches (a crash may have torn the last write) and feeding it to the
+    /// sha256, so the download can continue at [`Ingest::offset`].
+    fn resume(&mut self) -> Result<()> {
+        let previous = self.store.index.partial(&self.digest)?;
+        let usable = previous.filter(|p| {
+            p.size == self.layout.size
+                && p.chunk_size == self.layout.chunk_size
+                && p.chunks.len() == self.chunks.len()
+        });
+        if let Some(prev) = usable {
+            let mut buf = vec![0u8; self.layout.chunk_size as usize];
+            for (i, recorded) in prev.chunks.iter().enumerate() {
+                let (Some(recorded), Some(range)) = (recorded, self.layout.range(i as u32)) else {
+                    break;
+                };
+                let chunk = &mut buf[..(range.end - range.start) as usize];
+                if self.file.read_exact_at(chunk, range.start).is_err()
+                    || blake3::hash(chunk).as_bytes() != &recorded.0
+                {
+                    tracing::warn!(digest = %self.digest, chunk = i, "stored chunk of partial blob failed verification; refetching from here");
+                    break;
+                }
+                self.sha.update(&*chunk);
+                self.chunks[i] = Some(*recorded);
+                self.offset = range.end;
+            }
+            if self.offset > 0 {
+                tracing::info!(digest = %self.digest, resumed_bytes = self.offset, "resuming partial blob");
+            }
+        }
+        if self.media_type.is_none() {
+            self.media_type = self
+                .store
+                .index
+                .partial(&self.digest)?
+                .and_then(|p| p.media_type);
+        }
+        self.persist_presence()
+    }
+
+    fn persist_presence(&self) -> Result<()> {
+        if !self.resumable {
+            return Ok(());
+        }
+        self.store.index.put_partial(
+            &self.digest,
+            &PartialRecord {
+                size: self.layout.size,
+                chunk_size: self.layout.chunk_size,
+                media_type: self.media_type.clone(),
+                chunks: self.chunks.clone(),
+            },
+        )
+    }
+
+    /// Bytes already written (where the next [`Ingest::write`] continues).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Total blob size.
+    pub fn size(&self) -> u64 {
+        self.layout.size
+    }
+
+    /// The staging file, for readers that stream the blob while it is written.
+    pub fn staging_file(&self) -> Result<File> {
+        self.file
+            .try_clone()
+            .map_err(|e| StoreError::io("duplicating staging file handle", e))
+    }
+
+    /// Appends bytes at [`Ingest::offset`].
+    pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let index = self.layout.chunk_of(self.offset);
+            let Some(range) = self.layout.range(index) else {
+                return Err(StoreError::SizeMismatch {
+                    digest: self.digest,
+                    expected: self.layout.size,
+                    actual: self.offset + data.len() as u64,
+                });
+            };
+            let n = data.len().min((range.end - self.offset) as usize);
+            let (head, rest) = data.split_at(n);
+            self.file
+                .write_all_at(head, self.offset)
+                .map_err(|e| StoreError::io(format!("writing {}", self.digest), e))?;
+            self.sha.update(head);
+            self.chunk_hasher.update(head);
+            self.offset += n as u64;
+            if self.offset == range.end {
+                let hash = ChunkHash(*self.chunk_hasher.finalize().as_bytes());
+                self.chunk_hasher.reset();
+                self.chunks[index as usize] = Some(hash);
+                self.persist_presence()?;
+            }
+            data = rest;
+        }
+        Ok(())
+    }
+
+    /// Verifies the sha256 and moves the blob into place. On a mismatch the staging
+    /// file and its chunk records are deleted and nothing is committed.
+    pub fn commit(mut self) -> Result<BlobRecord> {
+        if self.offset != self.layout.size {
+            return Err(StoreError::SizeMismatch {
+                digest: self.digest,
+                expected: self.layout.size,
+                actual: self.offset,
+            });
+        }
+        let actual = Digest::from_sha256_bytes(std::mem::take(&mut self.sha).finalize().into());
+        if actual != self.digest {
+            self.discard();
+            tracing::error!(expected = %self.digest, actual = %actual, "blob failed sha256 verification; discarded");
+            return Err(StoreError::DigestMismatch {
+                expected: self.digest,
+                actual,
+            });
+        }
+        let hashes: Option<Vec<ChunkHash>> = self.chunks.iter().copied().collect();
+        let Some(hashes) = hashes else {
+            return Err(StoreError::Record {
+                key: self.digest.hex(),
+                message: "chunk hash missing at commit".into(),
+            });
+        };
+        let record = BlobRecord {
+            digest: self.digest,
+            media_type: self.media_type.clone(),
+            chunks: ChunkIndex {
+                layout: self.layout,
+                hashes,
+            },
+            pinned: false,
+        };
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::io(format!("syncing {}", self.digest), e))?;
+        // Sidecar first: a crash between the two renames leaves a sidecar without data,
+        // which reconcile drops, never data without its media type.
+        reconcile::write_sidecar(&self.store, &record)?;
+        let target = self.store.blob_path(&self.digest);
+        std::fs::rename(&self.staging, &target)
+            .map_err(|e| StoreError::io(format!("moving {} into place", self.digest), e))?;
+        reconcile::sync_dir(&self.store.root.join("blobs/sha256"));
+        self.store.index.put_blob(&record)?;
+        if self.resumable {
+            self.store.index.remove_partial(&self.digest)?;
+        }
+        self.committed = true;
+        Ok(record)
+    }
+
+    /// Deletes the staging file and chunk records (after bad content).
+    pub fn discard(&mut self) {
+        let _ = std::fs::remove_file(&self.staging);
+        if self.resumable {
+            if let Err(e) = self.store.index.remove_partial(&self.digest) {
+                tracing::warn!(digest = %self.digest, error = %e, "could not remove partial record");
+            }
+        }
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        self.store.release(self.reserved);
+        if !self.resumable {
+            let _ = std::fs::remove_file(&self.staging);
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The content store: verified blobs on disk, cut into fixed-size chunks.
+//!
+//! ```text
+//! <data-dir>/blobs/sha256/<hex>        committed blob bytes (immutable)
+//! <data-dir>/blobs/sha256/<hex>.meta   sidecar: size, media type, chunk index (JSON)
+//! <data-dir>/partial/<hex>             staging file of a blob being downloaded
+//! <data-dir>/index/                    sled: blob records, chunk presence, access times, tags
+//! ```
+//!
+//! A blob is written to `partial/`, hashed on the way in (sha256 of the whole, BLAKE3 of
+//! every chunk) and renamed into `blobs/` only when its sha256 matches the digest. The
+//! sidecar makes the sled index disposable: [`Store::open`] reconciles the index with
+//! the files, so deleting `index/` (or sled corrupting it) loses nothing committed.
+//! Partial blobs keep their per-chunk BLAKE3 hashes in sled, so a restart resumes from
+//! the chunks that are present and still hash right.
+
+mod index;
+mod ingest;
+mod reconcile;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use shoal_proto::{ChunkIndex, Digest};
+
+pub use index::{now_secs, TagRecord};
+pub use ingest::Ingest;
+
+/// A committed, verified blob.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlobRecord {
+    /// Content digest.
+    pub digest: Digest,
+    /// Media type when known (always set for manifests).
+    pub media_type: Option<String>,
+    /// Chunk geometry and BLAKE3 hashes; `chunks.layout.size` is the blob size.
+    pub chunks: ChunkIndex,
+    /// Pinned blobs are never evicted.
+    #[serde(default)]
+    pub pinned: bool,
+}
+
+impl BlobRecord {
+    /// Blob size in bytes.
+    pub fn size(&self) -> u64 {
+        self.chunks.layout.size
+    }
+}
+
+/// Store failures. Each names what went wrong; none leaves a half-written blob visible.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Filesystem error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the store was doing.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The filesystem is full.
+    #[error("disk full while {context}")]
+    DiskFull {
+        /// What the store was doing.
+        context: String,
+    },
+    /// The metadata index failed.
+    #[error("metadata index: {0}")]
+    Index(#[from] sled::Error),
+    /// Stored metadata could not be decoded.
+    #[error("metadata record for {key}: {message}")]
+    Record {
+        /// Record key.
+        key: String,
+        /// Decoder message.
+        message: String,
+    },
+    /// Downloaded bytes do not hash to the expected digest; they were discarded.
+    #[error("content of {expected} hashed to {actual}; discarded")]
+    DigestMismatch {
+        /// Digest that was asked for.
+        expected: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// More or fewer bytes than announced.
+    #[error("{digest}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// Blob digest.
+        digest: Digest,
+        /// Announced size.
+        expected: u64,
+        /// Bytes received.
+        actual: u64,
+    },
+    /// The blob does not fit under the disk quota even after evicting everything unpinned.
+    #[error("store quota of {quota} bytes cannot fit {needed} more bytes ({used} in use, rest pinned or in use)")]
+    QuotaExceeded {
+        /// Bytes requested.
+        needed: u64,
+        /// Bytes in use.
+        used: u64,
+        /// Configured quota.
+        quota: u64,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> StoreError {
+        let context = context.into();
+        if source.kind() == std::io::ErrorKind::StorageFull {
+            StoreError::DiskFull { context }
+        } else {
+            StoreError::Io { context, source }
+        }
+    }
+
+    /// True when the failure is about space (quota or a full filesystem).
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(
+            self,
+            StoreError::DiskFull { .. } | StoreError::QuotaExceeded { .. }
+        )
+    }
+}
+
+/// Result alias for store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The content store. Cheap to share behind an `Arc`.
+pub struct Store {
+    root: PathBuf,
+    chunk_size: u32,
+    quota: u64,
+    index: index::Index,
+    /// Serialises space accounting so two ingests cannot both claim the last bytes.
+    space: Mutex<Space>,
+}
+
+#[derive(Default)]
+struct Space {
+    /// Committed bytes plus bytes reserved by running ingests.
+    used: u64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `root`, reconciling the index with
+    /// the data files.
+    pub fn open(root: &Path, chunk_size: u32, quota: u64) -> Result<Store> {
+        for dir in ["blobs/sha256", "partial", "tmp"] {
+            let p = root.join(dir);
+            std::fs::create_dir_all(&p)
+                .map_err(|e| StoreError::io(format!("creating {}", p.display()), e))?;
+        }
+        let index = index::Index::open(&root.join("index"))?;
+        let store = Store {
+            root: root.to_owned(),
+            chunk_size,
+            quota,
+            index,
+            space: Mutex::new(Space::default()),
+        };
+        let used = reconcile::reconcile(&store)?;
+        store.lock_space().used = used;
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Chunk size used for new blobs.
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    /// Bytes in use (committed plus reserved by running ingests).
+    pub fn used_bytes(&self) -> u64 {
+        self.lock_space().used
+    }
+
+    fn lock_space(&self) -> std::sync::MutexGuard<'_, Space> {
+        // A panic while holding this lock cannot leave `used` half-updated, so the
+        // poisoned value is still meaningful.
+        self.space.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    pub(crate) fn sidecar_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("blobs/sha256")
+            .join(format!("{}.meta", digest.hex()))
+    }
+
+    pub(crate) fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("partial").join(digest.hex())
+    }
+
+    /// The committed record for `digest`, if any.
+    pub fn get(&self, digest: &Digest) -> Result<Option<BlobRecord>> {
+        self.index.blob(digest)
+    }
+
+    /// Opens a committed blob for reading and records the access for LRU eviction.
+    /// `Ok(None)` when the blob is not (or no longer) committed.
+    pub fn open_blob(&self, digest: &Digest) -> Result<Option<(BlobRecord, File)>> {
+        let Some(record) = self.index.blob(digest)? else {
+            return Ok(None);
+        };
+        match File::open(self.blob_path(digest)) {
+            Ok(f) => {
+                self.index.touch(digest)?;
+                Ok(Some((record, f)))
+            }
+            // Evicted between the lookup and the open.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("opening blob {digest}"), e)),
+        }
+    }
+
+    /// Starts (or resumes) writing `digest` of `size` bytes. Space is reserved under the
+    /// quota first, evicting least recently used unpinned blobs if needed.
+    /// The staging file survives a crash and the next call resumes from its verified chunks.
+    /// Blocking (it may re-hash the resumed part): call it from a blocking context.
+    pub fn begin_ingest(
+        self: &Arc<Self>,
+        digest: Digest,
+        size: u64,
+        media_type: Option<String>,
+    ) -> Result<Ingest> {
+        Ingest::begin(self.clone(), digest, size, media_type, true)
+    }
+
+    /// Stores a small in-memory blob (a manifest) in one go.
+    pub fn put_bytes(
+        self: &Arc<Self>,
+        digest: Digest,
+        bytes: &[u8],
+        media_type: Option<String>,
+    ) -> Result<BlobRecord> {
+        if let Some(existing) = self.index.blob(&digest)? {
+            return Ok(existing);
+        }
+        let mut ingest =
+            Ingest::begin(self.clone(), digest, bytes.len() as u64, media_type, false)?;
+        ingest.write(bytes)?;
+        ingest.commit()
+    }
+
+    /// Marks a blob pinned (never evicted) or not. `Ok(false)` if it is not committed.
+    pub fn set_pinned(&self, digest: &Digest, pinned: bool) -> Result<bool> {
+        let Some(mut record) = self.index.blob(digest)? else {
+            return Ok(false);
+        };
+        record.pinned = pinned;
+        reconcile::write_sidecar(self, &record)?;
+        self.index.put_blob(&record)?;
+        Ok(true)
+    }
+
+    /// Size of a partial (resumable) blob left by an earlier download, if any.
+    pub fn partial_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.index.partial(digest)?.map(|p| p.size))
+    }
+
+    /// The cached resolution of a tag.
+    pub fn tag(&self, key: &str) -> Result<Option<TagRecord>> {
+        self.index.tag(key)
+    }
+
+    /// Records a tag resolution.
+    pub fn put_tag(&self, key: &str, record: &TagRecord) -> Result<()> {
+        self.index.put_tag(key, record)
+    }
+
+    /// All committed records (for inspection and tests).
+    pub fn list(&self) -> Result<Vec<BlobRecord>> {
+        self.index.blobs()
+    }
+
+    /// Reserves `needed` bytes, evicting LRU unpinned blobs when over quota.
+    fn reserve(&self, needed: u64) -> Result<()> {
+        let mut space = self.lock_space();
+        if self.quota == 0 || space.used + needed <= self.quota {
+            space.used += needed;
+            return Ok(());
+        }
+        for (digest, _) in self.index.by_last_access()? {
+            if space.used + needed <= self.quota {
+                break;
+            }
+            let Some(record) = self.index.blob(&digest)? else {
+                continue;
+            };
+            if record.pinned {
+                continue;
+            }
+            self.remove_committed(&record)?;
+            space.used = space.used.saturating_sub(record.size());
+            tracing::info!(digest = %digest, size = record.size(), "evicted least recently used blob");
+        }
+        if space.used + needed > self.quota {
+            return Err(StoreError::QuotaExceeded {
+                needed,
+                used: space.used,
+                quota: self.quota,
+            });
+        }
+        space.used += needed;
+        Ok(())
+    }
+
+    fn release(&self, bytes: u64) {
+        let mut space = self.lock_space();
+        space.used = space.used.saturating_sub(bytes);
+    }
+
+    fn remove_committed(&self, record: &BlobRecord) -> Result<()> {
+        // Index first: a crash after this leaves an orphan file that reconcile re-adds,
+        // never an index entry pointing at nothing.
+        self.index.remove_blob(&record.digest)?;
+        for p in [
+            self.blob_path(&record.digest),
+            self.sidecar_path(&record.digest),
+        ] {
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(StoreError::io(format!("removing {}", p.display()), e));
+                }
+            }
+        }
+        Ok(())
+    }
+}

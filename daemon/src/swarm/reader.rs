@@ -1,0 +1,106 @@
+//! Streaming a byte range of a blob to a local client, from the committed file or from
+//! a staging file while a download is still writing it.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use tokio::sync::watch;
+
+use super::Progress;
+
+/// Read size per step. Large enough for loopback throughput, small enough that a slow
+/// client costs little memory.
+const READ_SIZE: usize = 512 * 1024;
+
+/// Where the bytes come from.
+pub enum BlobSource {
+    /// A committed blob: everything is readable.
+    Committed(Arc<File>),
+    /// A running download: read up to what it has written.
+    Download {
+        /// The staging file.
+        file: Arc<File>,
+        /// The download's progress.
+        progress: watch::Receiver<Progress>,
+    },
+}
+
+/// Streams bytes `start..end` of the blob. A download that fails mid-way ends the stream
+/// with an error, so the HTTP response is aborted rather than completed with bad bytes.
+pub fn stream_range(
+    source: BlobSource,
+    start: u64,
+    end: u64,
+) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    async_stream::try_stream! {
+        let (file, mut progress) = match source {
+            BlobSource::Committed(f) => (f, None),
+            BlobSource::Download { file, progress } => (file, Some(progress)),
+        };
+        let mut pos = start;
+        while pos < end {
+            let readable = match progress.as_mut() {
+                None => end,
+                Some(rx) => wait_for(rx, pos).await?,
+            };
+            let want = (readable.min(end) - pos).min(READ_SIZE as u64) as usize;
+            let f = file.clone();
+            let at = pos;
+            let chunk = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
+                let mut buf = BytesMut::zeroed(want);
+                f.read_exact_at(&mut buf, at)?;
+                Ok(buf.freeze())
+            })
+            .await
+            .map_err(io::Error::other)??;
+            pos += chunk.len() as u64;
+            // The final sha256 check comes after the last byte is readable. Hold the
+            // piece that completes the blob until it passes: once all Content-Length
+            // bytes are out, the client would take the response as complete.
+            if let Some(rx) = progress.as_mut() {
+                if pos == end && rx.borrow().size == Some(end) {
+                    wait_outcome(rx).await?;
+                }
+            }
+            yield chunk;
+        }
+    }
+}
+
+/// Waits until more than `pos` bytes are readable; returns how many are.
+async fn wait_for(rx: &mut watch::Receiver<Progress>, pos: u64) -> io::Result<u64> {
+    loop {
+        {
+            let p = rx.borrow_and_update();
+            if let Some(Err(e)) = &p.outcome {
+                return Err(io::Error::other(format!("download failed: {e}")));
+            }
+            if p.available > pos {
+                return Ok(p.available);
+            }
+            if let (Some(Ok(())), Some(size)) = (&p.outcome, p.size) {
+                return Ok(size);
+            }
+        }
+        rx.changed()
+            .await
+            .map_err(|_| io::Error::other("download ended without a result"))?;
+    }
+}
+
+async fn wait_outcome(rx: &mut watch::Receiver<Progress>) -> io::Result<()> {
+    loop {
+        match &rx.borrow_and_update().outcome {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(e)) => return Err(io::Error::other(format!("download failed: {e}"))),
+            None => {}
+        }
+        rx.changed()
+            .await
+            .map_err(|_| io::Error::other("download ended without a result"))?;
+    }
+}

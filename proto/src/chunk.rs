@@ -1,0 +1,116 @@
+//! Chunks: the unit of transfer and verification.
+//!
+//! A blob of `size` bytes is cut into `ceil(size / chunk_size)` chunks; the last one
+//! may be short. A zero-length blob has zero chunks. The chunk index is the list of
+//! BLAKE3 hashes of the chunks, in order. Only a node that has verified the blob's full
+//! sha256 may publish one, which is what lets a peer check each chunk on arrival.
+
+use std::fmt;
+use std::ops::Range;
+
+/// Default chunk size: 4 MiB. See `benches/RESULTS.md` (chunk-size sweep) for why.
+pub const DEFAULT_CHUNK_SIZE: u32 = 4 * 1024 * 1024;
+
+/// Smallest chunk size accepted in configuration (64 KiB).
+pub const MIN_CHUNK_SIZE: u32 = 64 * 1024;
+
+/// Largest chunk size accepted in configuration (64 MiB).
+pub const MAX_CHUNK_SIZE: u32 = 64 * 1024 * 1024;
+
+/// How a blob of a given size is cut into chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChunkLayout {
+    /// Total blob size in bytes.
+    pub size: u64,
+    /// Size of every chunk but the last.
+    pub chunk_size: u32,
+}
+
+impl ChunkLayout {
+    /// Layout for `size` bytes in chunks of `chunk_size` (must be non-zero).
+    pub fn new(size: u64, chunk_size: u32) -> Self {
+        debug_assert!(chunk_size > 0);
+        ChunkLayout {
+            size,
+            chunk_size: chunk_size.max(1),
+        }
+    }
+
+    /// Number of chunks.
+    pub fn count(&self) -> u32 {
+        let n = self.size.div_ceil(u64::from(self.chunk_size));
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Byte range of chunk `index`, or `None` past the end.
+    pub fn range(&self, index: u32) -> Option<Range<u64>> {
+        let start = u64::from(index) * u64::from(self.chunk_size);
+        if start >= self.size {
+            return None;
+        }
+        Some(start..(start + u64::from(self.chunk_size)).min(self.size))
+    }
+
+    /// Index of the chunk containing byte `offset`.
+    pub fn chunk_of(&self, offset: u64) -> u32 {
+        u32::try_from(offset / u64::from(self.chunk_size)).unwrap_or(u32::MAX)
+    }
+}
+
+/// BLAKE3 hash of one chunk.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkHash(pub [u8; 32]);
+
+impl fmt::Debug for ChunkHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", hex::encode(self.0))
+    }
+}
+
+impl serde::Serialize for ChunkHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ChunkHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s.as_bytes(), &mut out).map_err(serde::de::Error::custom)?;
+        Ok(ChunkHash(out))
+    }
+}
+
+/// The chunk index of a fully verified blob.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChunkIndex {
+    /// Geometry the hashes refer to.
+    pub layout: ChunkLayout,
+    /// One BLAKE3 hash per chunk, in order.
+    pub hashes: Vec<ChunkHash>,
+}
+
+impl ChunkIndex {
+    /// True when the number of hashes matches the layout.
+    pub fn is_consistent(&self) -> bool {
+        self.hashes.len() == self.layout.count() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry() {
+        let l = ChunkLayout::new(10, 4);
+        assert_eq!(l.count(), 3);
+        assert_eq!(l.range(0), Some(0..4));
+        assert_eq!(l.range(2), Some(8..10));
+        assert_eq!(l.range(3), None);
+        assert_eq!(l.chunk_of(9), 2);
+        assert_eq!(ChunkLayout::new(0, 4).count(), 0);
+        assert_eq!(ChunkLayout::new(8, 4).count(), 2);
+    }
+}

@@ -1,0 +1,20 @@
+//! Wire types for shoal: content digests, repository names and chunk indexes.
+//!
+//! This crate does no I/O and pulls in no runtime, so every decoder in it can be
+//! fuzzed and unit-tested in isolation. Everything here parses untrusted input
+//! (HTTP paths, peer messages) and therefore returns errors, never panics.
+//!
+//! # Layout
+//! - [`digest`]: `sha256:<hex>` OCI digests.
+//! - [`name`]: OCI repository names, validated against the distribution spec grammar.
+//! - [`chunk`]: chunk geometry (how a blob is cut into fixed-size chunks) and the
+//!   per-chunk BLAKE3 chunk index.
+#![deny(missing_docs)]
+
+pub mod chunk;
+pub mod digest;
+pub mod name;
+
+pub use chunk::{ChunkHash, ChunkIndex, ChunkLayout, DEFAULT_CHUNK_SIZE};
+pub use digest::{Digest, DigestError};
+pub use name::{validate_repository_name, NameError};
