@@ -39,10 +39,7 @@ pub(super) async fn serve(
     reference: Reference,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let accept = headers
-        .get(ACCEPT)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static(DEFAULT_ACCEPT));
+    let accept = upstream_accept(headers.get(ACCEPT));
     let digest = match reference {
         Reference::Digest(d) => d,
         Reference::Tag(tag) => resolve_tag(m, target, &tag, &accept, headers).await?,
@@ -87,6 +84,16 @@ pub(super) async fn serve(
     builder
         .body(body)
         .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// The `Accept` to send upstream. A client that names no manifest type (none, `*/*`,
+/// `application/json`) accepts them all; saying so explicitly matters because
+/// distribution answers a bare `*/*` with 404 for OCI manifests (schema1 fallback).
+fn upstream_accept(client: Option<&HeaderValue>) -> HeaderValue {
+    match client {
+        Some(v) if v.to_str().is_ok_and(|s| s.contains("application/vnd.")) => v.clone(),
+        _ => HeaderValue::from_static(DEFAULT_ACCEPT),
+    }
 }
 
 /// Whether the client's `Accept` allows `media_type`.

@@ -175,7 +175,13 @@ fn spawn_writer(
 ) -> tokio::task::JoinHandle<Result<Ingest, DownloadError>> {
     tokio::task::spawn_blocking(move || {
         while let Some(piece) = rx.blocking_recv() {
-            ingest.write(&piece)?;
+            if let Err(e) = ingest.write(&piece) {
+                if e.is_out_of_space() {
+                    // Keeping the partial would hold on to the very space that ran out.
+                    ingest.discard();
+                }
+                return Err(e.into());
+            }
             let available = ingest.offset();
             tx.send_modify(|p| p.available = available);
         }

@@ -1,0 +1,10 @@
+//! Integration tests: the real `shoald` binary against real components (docker-registry,
+//! containerd, skopeo), started by the tests. See `common` for the harness.
+
+mod common;
+
+mod auth;
+mod containerd_pull;
+mod crash;
+mod mirror_protocol;
+mod shared_download;
