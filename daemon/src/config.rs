@@ -293,6 +293,14 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_config_parses() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/shoald.toml");
+        let c = Config::load_from(["shoald", "--config", example]).unwrap();
+        assert_eq!(c.max_disk, 200 << 30);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
     fn unknown_file_key_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("shoald.toml");

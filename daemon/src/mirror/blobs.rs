@@ -45,11 +45,9 @@ pub(super) async fn serve(
             Some(size) => size,
             None => head_upstream(m, target, digest, headers).await?,
         };
-        return Ok(
-            blob_response(digest, size, range::parse(range_header, size))?
-                .body(Body::empty())
-                .map_err(ApiError::internal)?,
-        );
+        return blob_response(digest, size, range::parse(range_header, size))?
+            .body(Body::empty())
+            .map_err(ApiError::internal);
     }
     let download = m
         .downloads

@@ -22,7 +22,8 @@ pub struct TagRecord {
     pub resolved_at: u64,
 }
 
-/// Chunk presence of a blob being downloaded.
+/// A blob being downloaded. Its present chunks are separate keys (see
+/// [`Index::put_partial_chunk`]) so recording one chunk costs O(1), whatever the blob size.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartialRecord {
     /// Blob size.
@@ -31,14 +32,14 @@ pub struct PartialRecord {
     pub chunk_size: u32,
     /// Media type, when known.
     pub media_type: Option<String>,
-    /// BLAKE3 of each chunk written so far; `None` for chunks not yet present.
-    pub chunks: Vec<Option<ChunkHash>>,
 }
 
 pub(crate) struct Index {
     db: sled::Db,
     blobs: sled::Tree,
     partials: sled::Tree,
+    /// Key: digest (32 bytes) ++ chunk index (u32 BE). Value: the chunk's BLAKE3.
+    partial_chunks: sled::Tree,
     access: sled::Tree,
     tags: sled::Tree,
 }
@@ -80,6 +81,7 @@ impl Index {
         Ok(Index {
             blobs: db.open_tree("blobs")?,
             partials: db.open_tree("partials")?,
+            partial_chunks: db.open_tree("partial_chunks")?,
             access: db.open_tree("access")?,
             tags: db.open_tree("tags")?,
             db,
@@ -176,7 +178,45 @@ impl Index {
 
     pub(crate) fn remove_partial(&self, digest: &Digest) -> Result<()> {
         self.partials.remove(digest.hex())?;
+        for key in self.partial_chunks.scan_prefix(digest.as_bytes()).keys() {
+            self.partial_chunks.remove(key?)?;
+        }
         Ok(())
+    }
+
+    fn chunk_key(digest: &Digest, index: u32) -> [u8; 36] {
+        let mut key = [0u8; 36];
+        key[..32].copy_from_slice(digest.as_bytes());
+        key[32..].copy_from_slice(&index.to_be_bytes());
+        key
+    }
+
+    /// Records that chunk `index` of a partial blob is written, with its BLAKE3.
+    pub(crate) fn put_partial_chunk(
+        &self,
+        digest: &Digest,
+        index: u32,
+        hash: &ChunkHash,
+    ) -> Result<()> {
+        self.partial_chunks
+            .insert(Self::chunk_key(digest, index), &hash.0)?;
+        Ok(())
+    }
+
+    /// The recorded chunks of a partial blob, by index.
+    pub(crate) fn partial_chunks(&self, digest: &Digest) -> Result<Vec<(u32, ChunkHash)>> {
+        let mut out = Vec::new();
+        for kv in self.partial_chunks.scan_prefix(digest.as_bytes()) {
+            let (k, v) = kv?;
+            let (Ok(index), Ok(hash)) = (
+                <[u8; 4]>::try_from(&k[32..]),
+                <[u8; 32]>::try_from(v.as_ref()),
+            ) else {
+                continue;
+            };
+            out.push((u32::from_be_bytes(index), ChunkHash(hash)));
+        }
+        Ok(out)
     }
 
     pub(crate) fn tag(&self, key: &str) -> Result<Option<TagRecord>> {

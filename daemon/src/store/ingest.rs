@@ -98,14 +98,21 @@ impl Ingest {
     /// sha256, so the download can continue at [`Ingest::offset`].
     fn resume(&mut self) -> Result<()> {
         let previous = self.store.index.partial(&self.digest)?;
-        let usable = previous.filter(|p| {
-            p.size == self.layout.size
-                && p.chunk_size == self.layout.chunk_size
-                && p.chunks.len() == self.chunks.len()
-        });
-        if let Some(prev) = usable {
+        let usable = previous
+            .as_ref()
+            .is_some_and(|p| p.size == self.layout.size && p.chunk_size == self.layout.chunk_size);
+        if previous.is_some() && !usable {
+            self.store.index.remove_partial(&self.digest)?;
+        }
+        if usable {
+            let mut recorded_chunks = vec![None; self.chunks.len()];
+            for (i, hash) in self.store.index.partial_chunks(&self.digest)? {
+                if let Some(slot) = recorded_chunks.get_mut(i as usize) {
+                    *slot = Some(hash);
+                }
+            }
             let mut buf = vec![0u8; self.layout.chunk_size as usize];
-            for (i, recorded) in prev.chunks.iter().enumerate() {
+            for (i, recorded) in recorded_chunks.iter().enumerate() {
                 let (Some(recorded), Some(range)) = (recorded, self.layout.range(i as u32)) else {
                     break;
                 };
@@ -125,18 +132,7 @@ impl Ingest {
             }
         }
         if self.media_type.is_none() {
-            self.media_type = self
-                .store
-                .index
-                .partial(&self.digest)?
-                .and_then(|p| p.media_type);
-        }
-        self.persist_presence()
-    }
-
-    fn persist_presence(&self) -> Result<()> {
-        if !self.resumable {
-            return Ok(());
+            self.media_type = previous.and_then(|p| p.media_type);
         }
         self.store.index.put_partial(
             &self.digest,
@@ -144,7 +140,6 @@ impl Ingest {
                 size: self.layout.size,
                 chunk_size: self.layout.chunk_size,
                 media_type: self.media_type.clone(),
-                chunks: self.chunks.clone(),
             },
         )
     }
@@ -170,7 +165,11 @@ impl Ingest {
     pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
             let index = self.layout.chunk_of(self.offset);
-            let Some(range) = self.layout.range(index) else {
+            let range = self
+                .layout
+                .range(index)
+                .filter(|_| self.offset < self.layout.size);
+            let Some(range) = range else {
                 return Err(StoreError::SizeMismatch {
                     digest: self.digest,
                     expected: self.layout.size,
@@ -189,7 +188,11 @@ impl Ingest {
                 let hash = ChunkHash(*self.chunk_hasher.finalize().as_bytes());
                 self.chunk_hasher.reset();
                 self.chunks[index as usize] = Some(hash);
-                self.persist_presence()?;
+                if self.resumable {
+                    self.store
+                        .index
+                        .put_partial_chunk(&self.digest, index, &hash)?;
+                }
             }
             data = rest;
         }

@@ -142,12 +142,12 @@ async fn blob_headers_ranges_and_errors() {
     let d = &layer.digest;
     let cases: Vec<(String, u16, &str)> = vec![
         (
-            format!("GET /v2/library/app/blobs/sha256:xyz"),
+            "GET /v2/library/app/blobs/sha256:xyz".to_string(),
             400,
             "DIGEST_INVALID",
         ),
         (
-            format!("GET /v2/library/app/blobs/md5:abc"),
+            "GET /v2/library/app/blobs/md5:abc".to_string(),
             400,
             "DIGEST_INVALID",
         ),
@@ -159,7 +159,7 @@ async fn blob_headers_ranges_and_errors() {
         ),
         (format!("GET /v2/UPPER/blobs/{d}"), 400, "NAME_INVALID"),
         (
-            format!("GET /v2/library/app/manifests/..bad"),
+            "GET /v2/library/app/manifests/..bad".to_string(),
             400,
             "MANIFEST_INVALID",
         ),
@@ -169,12 +169,12 @@ async fn blob_headers_ranges_and_errors() {
             "NAME_INVALID",
         ),
         (
-            format!("POST /v2/library/app/blobs/uploads/"),
+            "POST /v2/library/app/blobs/uploads/".to_string(),
             405,
             "UNSUPPORTED",
         ),
         (
-            format!("PUT /v2/library/app/manifests/v1"),
+            "PUT /v2/library/app/manifests/v1".to_string(),
             405,
             "UNSUPPORTED",
         ),
@@ -184,11 +184,11 @@ async fn blob_headers_ranges_and_errors() {
             "UNSUPPORTED",
         ),
         (
-            format!("PATCH /v2/library/app/blobs/uploads/123"),
+            "PATCH /v2/library/app/blobs/uploads/123".to_string(),
             405,
             "UNSUPPORTED",
         ),
-        (format!("GET /v2/library/app/nothing"), 404, "NOT_FOUND"),
+        ("GET /v2/library/app/nothing".to_string(), 404, "NOT_FOUND"),
     ];
     for (line, status, code) in cases {
         let (got, body) = raw(s.addr, &line);

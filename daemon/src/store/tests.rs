@@ -1,0 +1,158 @@
+//! Store unit tests (the integration suite covers the same paths through the binary).
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+use shoal_proto::Digest;
+
+use super::{Store, StoreError};
+
+const CHUNK: u32 = 64 * 1024;
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+fn digest_of(b: &[u8]) -> Digest {
+    Digest::from_sha256_bytes(Sha256::digest(b).into())
+}
+
+fn open(dir: &std::path::Path, quota: u64) -> Arc<Store> {
+    Arc::new(Store::open(dir, CHUNK, quota).unwrap())
+}
+
+#[test]
+fn commit_records_chunk_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 0);
+    let bytes = data(CHUNK as usize * 3 + 17);
+    let d = digest_of(&bytes);
+    let mut ingest = store.begin_ingest(d, bytes.len() as u64, None).unwrap();
+    for piece in bytes.chunks(10_000) {
+        ingest.write(piece).unwrap();
+    }
+    let rec = ingest.commit().unwrap();
+    assert_eq!(rec.chunks.hashes.len(), 4);
+    assert_eq!(
+        rec.chunks.hashes[3].0,
+        *blake3::hash(&bytes[3 * CHUNK as usize..]).as_bytes()
+    );
+    assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), bytes);
+    assert_eq!(store.used_bytes(), bytes.len() as u64);
+}
+
+#[test]
+fn mismatch_is_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 0);
+    let bytes = data(100_000);
+    let wrong = digest_of(b"something else");
+    let mut ingest = store.begin_ingest(wrong, bytes.len() as u64, None).unwrap();
+    ingest.write(&bytes).unwrap();
+    assert!(matches!(
+        ingest.commit(),
+        Err(StoreError::DigestMismatch { .. })
+    ));
+    assert!(store.get(&wrong).unwrap().is_none());
+    assert!(!store.partial_path(&wrong).exists());
+    assert!(!store.blob_path(&wrong).exists());
+    assert_eq!(store.used_bytes(), 0);
+}
+
+#[test]
+fn too_many_bytes_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 0);
+    let mut ingest = store.begin_ingest(digest_of(b"ab"), 2, None).unwrap();
+    assert!(matches!(
+        ingest.write(b"abc"),
+        Err(StoreError::SizeMismatch { .. })
+    ));
+}
+
+#[test]
+fn resume_keeps_verified_chunks_and_drops_torn_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(CHUNK as usize * 5);
+    let d = digest_of(&bytes);
+    {
+        let store = open(dir.path(), 0);
+        let mut ingest = store.begin_ingest(d, bytes.len() as u64, None).unwrap();
+        ingest.write(&bytes[..CHUNK as usize * 3 + 100]).unwrap();
+    } // dropped mid-way, as after a crash
+    let store = open(dir.path(), 0);
+    assert_eq!(
+        store
+            .begin_ingest(d, bytes.len() as u64, None)
+            .unwrap()
+            .offset(),
+        3 * CHUNK as u64
+    );
+    // Tear chunk 1 on disk: resume must stop before it.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(store.partial_path(&d))
+        .unwrap();
+    f.write_all_at(b"torn", CHUNK as u64 + 5).unwrap();
+    let mut ingest = store.begin_ingest(d, bytes.len() as u64, None).unwrap();
+    assert_eq!(ingest.offset(), CHUNK as u64);
+    ingest.write(&bytes[CHUNK as usize..]).unwrap();
+    let rec = ingest.commit().unwrap();
+    assert_eq!(rec.digest, d);
+    assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), bytes);
+}
+
+#[test]
+fn quota_evicts_unpinned_lru_and_keeps_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 250_000);
+    let blobs: Vec<Vec<u8>> = (0..3).map(|i| data(100_000 + i)).collect();
+    let digests: Vec<Digest> = blobs.iter().map(|b| digest_of(b)).collect();
+    store.put_bytes(digests[0], &blobs[0], None).unwrap();
+    store.set_pinned(&digests[0], true).unwrap();
+    store.put_bytes(digests[1], &blobs[1], None).unwrap();
+    store.put_bytes(digests[2], &blobs[2], None).unwrap();
+    assert!(store.get(&digests[0]).unwrap().is_some(), "pinned survives");
+    assert!(
+        store.get(&digests[1]).unwrap().is_none(),
+        "unpinned LRU evicted"
+    );
+    assert!(store.get(&digests[2]).unwrap().is_some());
+    let err = store
+        .put_bytes(digest_of(&data(300_000)), &data(300_000), None)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::QuotaExceeded { .. }));
+}
+
+#[test]
+fn index_rebuilds_from_sidecars_and_rehash() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(200_000);
+    let d = digest_of(&bytes);
+    {
+        let store = open(dir.path(), 0);
+        store
+            .put_bytes(d, &bytes, Some("application/x-test".into()))
+            .unwrap();
+    }
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let store = open(dir.path(), 0);
+    assert_eq!(
+        store.get(&d).unwrap().unwrap().media_type.as_deref(),
+        Some("application/x-test")
+    );
+    drop(store);
+    // Without the sidecar the blob is re-hashed and still served (media type unknown).
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    std::fs::remove_file(
+        dir.path()
+            .join("blobs/sha256")
+            .join(format!("{}.meta", d.hex())),
+    )
+    .unwrap();
+    let store = open(dir.path(), 0);
+    let rec = store.get(&d).unwrap().unwrap();
+    assert_eq!(rec.size(), bytes.len() as u64);
+    assert_eq!(store.used_bytes(), bytes.len() as u64);
+}
