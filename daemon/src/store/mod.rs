@@ -268,6 +268,16 @@ impl Store {
         Ok(self.index.partial(digest)?.map(|p| p.size))
     }
 
+    /// Removes a committed blob (pinned or not). `Ok(false)` if it was not committed.
+    pub fn remove(&self, digest: &Digest) -> Result<bool> {
+        let Some(record) = self.index.blob(digest)? else {
+            return Ok(false);
+        };
+        self.remove_committed(&record)?;
+        self.release(record.size());
+        Ok(true)
+    }
+
     /// The cached resolution of a tag.
     pub fn tag(&self, key: &str) -> Result<Option<TagRecord>> {
         self.index.tag(key)
