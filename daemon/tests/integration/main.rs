@@ -4,6 +4,7 @@
 mod common;
 
 mod auth;
+mod cli;
 mod containerd_pull;
 mod crash;
 mod mirror_protocol;

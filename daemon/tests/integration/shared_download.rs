@@ -14,7 +14,19 @@ use crate::common::{http, random_bytes};
 const MIB: usize = 1024 * 1024;
 
 pub async fn fetch_digest(c: reqwest::Client, url: String) -> (u16, String, usize) {
-    let r = c.get(url).send().await.expect("GET");
+    fetch_range_digest(c, url, None).await
+}
+
+async fn fetch_range_digest(
+    c: reqwest::Client,
+    url: String,
+    range: Option<String>,
+) -> (u16, String, usize) {
+    let mut req = c.get(url);
+    if let Some(r) = range {
+        req = req.header("range", r);
+    }
+    let r = req.send().await.expect("GET");
     let status = r.status().as_u16();
     let mut h = sha2::Sha256::new();
     let mut n = 0;
@@ -61,23 +73,40 @@ async fn ten_concurrent_clients_cause_one_upstream_fetch() {
             let _ = body.next().await;
         })
     };
+    // Every third client asks for a Range (the tail from 100 MiB on) instead of it all.
+    let tail_from = 100 * MIB;
+    let tail_digest = crate::common::sha256_digest(&blob.bytes[tail_from..]);
     let clients: Vec<_> = (0..10)
         .map(|i| {
             let (c, url) = (c.clone(), url.clone());
+            let range = (i % 3 == 2).then(|| format!("bytes={tail_from}-"));
             tokio::spawn(async move {
                 if i % 3 == 1 {
                     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                 }
-                fetch_digest(c, url).await
+                (i, fetch_range_digest(c, url, range).await)
             })
         })
         .collect();
     quitter.await.unwrap();
     for c in clients {
-        let (status, digest, n) = c.await.unwrap();
-        assert_eq!((status, n), (200, blob.bytes.len()));
-        assert_eq!(digest, blob.digest);
+        let (i, (status, digest, n)) = c.await.unwrap();
+        if i % 3 == 2 {
+            assert_eq!((status, n), (206, blob.bytes.len() - tail_from));
+            assert_eq!(digest, tail_digest);
+        } else {
+            assert_eq!((status, n), (200, blob.bytes.len()));
+            assert_eq!(digest, blob.digest);
+        }
     }
+    // Streaming, not buffering: serving 256 MiB to ten clients stays far below its size.
+    let peak = s.peak_rss();
+    eprintln!("shoald peak RSS: {} MiB", peak / MIB as u64);
+    assert!(
+        peak < 96 * MIB as u64,
+        "shoald peak RSS {} MiB for a 256 MiB blob",
+        peak / MIB as u64
+    );
     let egress = proxy.egress();
     assert!(egress >= blob.bytes.len() as u64, "egress {egress}");
     assert!(

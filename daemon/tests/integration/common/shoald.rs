@@ -80,6 +80,18 @@ impl Shoald {
         panic!("shoald did not become healthy: {}", self.logs());
     }
 
+    /// Peak resident set size (VmHWM) of the running daemon, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let pid = self.child.as_ref().map(|c| c.id()).expect("shoald running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM")
+            * 1024
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
