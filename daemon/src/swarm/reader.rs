@@ -41,6 +41,12 @@ pub fn stream_range(
             BlobSource::Committed(f) => (f, None),
             BlobSource::Download { file, progress } => (file, Some(progress)),
         };
+        // An empty blob has no final piece to hold back: wait for the verdict instead.
+        if start >= end {
+            if let Some(rx) = progress.as_mut() {
+                wait_outcome(rx).await?;
+            }
+        }
         let mut pos = start;
         while pos < end {
             let readable = match progress.as_mut() {
