@@ -103,20 +103,10 @@ async fn containerd_pulls_through_mirror_and_survives_origin_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_copies_through_mirror() {
     need!("skopeo");
-    let Some(reg) = Registry::start(RegistryAuth::None).await else {
+    let Some((_reg, img, s)) = crate::common::origin_with_image("library/tool", "v2", 30).await
+    else {
         return;
     };
-    let img = oci::image(30, OCI_MANIFEST);
-    Pusher::new(&reg.host(), None)
-        .artifact("library/tool", "v2", &img)
-        .await;
-    let s = Shoald::start(&[
-        "--insecure-registry",
-        &reg.host(),
-        "--default-upstream",
-        &reg.host(),
-    ])
-    .await;
     let out = tempfile::tempdir().unwrap();
     let layout = out.path().join("layout");
     let status = std::process::Command::new("skopeo")

@@ -104,3 +104,21 @@ pub fn http() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// docker-registry holding one OCI image at `repo:tag`, and a shoald whose default
+/// upstream (and only insecure registry) it is. `None` outside CI without docker-registry.
+pub async fn origin_with_image(
+    repo: &str,
+    tag: &str,
+    seed: u64,
+) -> Option<(registry::Registry, oci::Artifact, shoald::Shoald)> {
+    let reg = registry::Registry::start(registry::RegistryAuth::None).await?;
+    let img = oci::image(seed, oci::OCI_MANIFEST);
+    oci::Pusher::new(&reg.host(), None)
+        .artifact(repo, tag, &img)
+        .await;
+    let host = reg.host();
+    let s =
+        shoald::Shoald::start(&["--insecure-registry", &host, "--default-upstream", &host]).await;
+    Some((reg, img, s))
+}
