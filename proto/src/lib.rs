@@ -9,11 +9,14 @@
 //! - [`name`]: OCI repository names, validated against the distribution spec grammar.
 //! - [`chunk`]: chunk geometry (how a blob is cut into fixed-size chunks) and the
 //!   per-chunk BLAKE3 chunk index.
+//! - [`wire`]: the peer protocol (framing, messages, versioning, security); its module
+//!   docs are the protocol's specification.
 #![deny(missing_docs)]
 
 pub mod chunk;
 pub mod digest;
 pub mod name;
+pub mod wire;
 
 pub use chunk::{ChunkHash, ChunkIndex, ChunkLayout, DEFAULT_CHUNK_SIZE};
 pub use digest::{Digest, DigestError};
