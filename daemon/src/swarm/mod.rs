@@ -8,9 +8,12 @@
 //!
 //! Today the only source is the origin ([`crate::upstream`]); the peer swarm
 //! (issue 3) plugs in here as another source of chunks for the same staging file.
+//! Its decision-making core, [`scheduler`], is a sans-IO state machine that is
+//! written and tested but not yet driven by the daemon.
 
 mod fetch;
 mod reader;
+pub mod scheduler;
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -1,0 +1,724 @@
+//! The download scheduler for one blob: a sans-IO state machine.
+//!
+//! It decides which chunk to ask of which peer, when to go to the origin, and when to
+//! give up on a peer. It does no I/O and reads no clock: the driver feeds it
+//! [`Event`]s stamped with the current time and carries out the [`Action`]s it returns.
+//! The daemon drives it with tokio; tests and the simulator drive the same code with
+//! virtual time (the pattern of `quinn-proto`).
+//!
+//! Policy, in order of precedence when a request slot is free:
+//! 1. **Streaming window**: the first missing chunks after the in-order cursor, so the
+//!    local runtime gets bytes early.
+//! 2. **Rarest first** among the chunks a peer has, ties broken by a per-node hash so
+//!    nodes spread over different chunks.
+//! 3. **Origin, only for what no peer has.** With other nodes downloading the same blob
+//!    (a cold start), each chunk is assigned by rendezvous hashing over the live
+//!    interested nodes; a node fetches from the origin only the chunks assigned to it
+//!    and waits for the others to announce theirs. When an interested node falls
+//!    silent for [`Config::assignment_grace`], it drops out of the hash and its chunks
+//!    move to the others, so a dead node costs one grace period, not a stall.
+//! 4. **Endgame**: once every missing chunk is in flight, idle peers duplicate the
+//!    outstanding requests; the first copy wins and the others are cancelled.
+//!
+//! Peers are scored by observed throughput (EWMA). Faster peers are asked first and get
+//! deeper pipelines. A request that times out is retried elsewhere and halves the
+//! peer's score. A chunk that fails verification bans its sender for [`Config::ban_period`].
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use shoal_proto::ChunkLayout;
+
+/// A node's identity as the scheduler sees it: 64 bits of a hash of its PeerId, equal on
+/// every node, so rendezvous assignments agree cluster-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u64);
+
+impl NodeId {
+    /// Derives the id from a PeerId's bytes.
+    pub fn from_peer_bytes(bytes: &[u8]) -> NodeId {
+        let h = blake3::hash(bytes);
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h.as_bytes()[..8]);
+        NodeId(u64::from_le_bytes(b))
+    }
+}
+
+/// Where a chunk is requested from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// Another node.
+    Peer(NodeId),
+    /// The origin registry (by Range).
+    Origin,
+}
+
+/// Tunables. Defaults suit a LAN with 4 MiB chunks.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Outstanding requests to the fastest peer (slower peers get proportionally fewer, at least 1).
+    pub max_requests_per_peer: usize,
+    /// Outstanding origin requests of this node.
+    pub max_origin_requests: usize,
+    /// A request unanswered for this long is cancelled and retried elsewhere.
+    pub request_timeout: Duration,
+    /// An interested node not heard from for this long loses its origin assignments.
+    pub assignment_grace: Duration,
+    /// How long a peer that sent bad bytes is ignored.
+    pub ban_period: Duration,
+    /// Chunks after the in-order cursor that take precedence over rarest-first.
+    pub stream_window: u32,
+    /// Sources per chunk at most in endgame.
+    pub endgame_sources: usize,
+    /// Origin failures in a row before the download is abandoned.
+    pub max_origin_failures: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_requests_per_peer: 4,
+            max_origin_requests: 4,
+            request_timeout: Duration::from_secs(15),
+            assignment_grace: Duration::from_secs(5),
+            ban_period: Duration::from_secs(600),
+            stream_window: 2,
+            endgame_sources: 2,
+            max_origin_failures: 5,
+        }
+    }
+}
+
+/// What happened. Every event carries the current time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A peer is connected and has told which chunks it holds. `downloading` is true for
+    /// a node that wants the blob too (a partial provider taking part in a cold start).
+    PeerBitfield {
+        /// The peer.
+        peer: NodeId,
+        /// `chunks[i]` when the peer holds chunk i.
+        chunks: Vec<bool>,
+        /// Whether the peer is itself still downloading.
+        downloading: bool,
+    },
+    /// A peer announced one more chunk.
+    PeerHave {
+        /// The peer.
+        peer: NodeId,
+        /// The chunk.
+        chunk: u32,
+    },
+    /// The peer disconnected or stopped providing.
+    PeerGone {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A requested chunk arrived and was checked: `valid` is false when it failed
+    /// verification against the chunk index.
+    ChunkArrived {
+        /// Who sent it.
+        source: Source,
+        /// The chunk.
+        chunk: u32,
+        /// Whether it verified.
+        valid: bool,
+    },
+    /// A request failed (rejected, stream reset, origin error).
+    RequestFailed {
+        /// Who failed.
+        source: Source,
+        /// The chunk.
+        chunk: u32,
+    },
+    /// The whole blob failed its sha256 after all chunks arrived: chunks that came from
+    /// peers without index verification are suspect and are refetched from the origin.
+    BlobCorrupt,
+    /// Nothing happened; time passed.
+    Tick,
+}
+
+/// What the driver should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Ask a peer for a chunk.
+    Request {
+        /// Whom to ask.
+        source: Source,
+        /// The chunk.
+        chunk: u32,
+    },
+    /// Abandon an outstanding request (timed out, or another copy won).
+    Cancel {
+        /// Whom it was sent to.
+        source: Source,
+        /// The chunk.
+        chunk: u32,
+    },
+    /// Stop talking to a peer that sent bad bytes, until `until`.
+    Ban {
+        /// The peer.
+        peer: NodeId,
+        /// Virtual time the ban ends.
+        until: Duration,
+    },
+    /// Announce to peers that this node now holds `chunk`.
+    Announce {
+        /// The chunk.
+        chunk: u32,
+    },
+    /// Every chunk is present: verify the sha256 and commit.
+    Complete,
+    /// The blob cannot be completed (origin keeps failing, nobody has it).
+    Abort {
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+struct PeerState {
+    chunks: Vec<bool>,
+    downloading: bool,
+    /// Bytes per second, exponentially weighted; starts optimistic so new peers get tried.
+    score: f64,
+    last_heard: Duration,
+    in_flight: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum ChunkState {
+    #[default]
+    Missing,
+    /// Present and checked against the chunk index (or fetched from the origin).
+    Verified,
+    /// Present from a peer without an index (cold start): trusted until the sha256 says otherwise.
+    Unverified,
+}
+
+/// The scheduler for one blob on one node.
+pub struct Scheduler {
+    me: NodeId,
+    layout: ChunkLayout,
+    config: Config,
+    chunks: Vec<ChunkState>,
+    /// Outstanding requests: chunk → (source, sent at).
+    in_flight: BTreeMap<u32, Vec<(Source, Duration)>>,
+    peers: HashMap<NodeId, PeerState>,
+    banned: HashMap<NodeId, Duration>,
+    /// Whether peers can be checked chunk by chunk (a chunk index is known).
+    have_index: bool,
+    /// After a failed sha256: everything from the origin, no more trust in peers.
+    origin_only: bool,
+    origin_in_flight: usize,
+    origin_failures: u32,
+    /// In-order cursor: all chunks before it are present.
+    cursor: u32,
+    present: u32,
+    finished: bool,
+    /// Rendezvous assignment: (live interested set, owned-by-me per chunk).
+    ownership: Option<(Vec<NodeId>, Vec<bool>)>,
+    /// Last time a chunk arrived (or the download started): the stall safety net.
+    last_progress: Option<Duration>,
+    actions: Vec<Action>,
+}
+
+impl Scheduler {
+    /// A scheduler for a blob of `layout`. `have_index` says whether its chunk index is
+    /// known (so peer chunks are verified one by one).
+    pub fn new(me: NodeId, layout: ChunkLayout, have_index: bool, config: Config) -> Scheduler {
+        let n = layout.count() as usize;
+        Scheduler {
+            me,
+            layout,
+            config,
+            chunks: vec![ChunkState::Missing; n],
+            in_flight: BTreeMap::new(),
+            peers: HashMap::new(),
+            banned: HashMap::new(),
+            have_index,
+            origin_only: false,
+            origin_in_flight: 0,
+            origin_failures: 0,
+            cursor: 0,
+            present: 0,
+            finished: false,
+            last_progress: None,
+            ownership: None,
+            actions: Vec::new(),
+        }
+    }
+
+    /// Marks chunks already on disk (a resumed partial), before the first event.
+    pub fn mark_present(&mut self, chunk: u32) {
+        if let Some(ChunkState::Missing) = self.chunks.get(chunk as usize) {
+            self.chunks[chunk as usize] = ChunkState::Verified;
+            self.present += 1;
+            self.advance_cursor();
+        }
+    }
+
+    /// The chunk index became known (fetched from a complete peer).
+    pub fn set_have_index(&mut self) {
+        self.have_index = true;
+    }
+
+    /// Chunks present so far.
+    pub fn present(&self) -> u32 {
+        self.present
+    }
+
+    /// Whether chunk `i` is present.
+    pub fn has_chunk(&self, i: u32) -> bool {
+        self.chunks
+            .get(i as usize)
+            .is_some_and(|c| *c != ChunkState::Missing)
+    }
+
+    /// Chunks `0..cursor` are all present (what can be streamed in order).
+    pub fn cursor(&self) -> u32 {
+        self.cursor
+    }
+
+    /// Feeds one event at time `now` and returns what to do.
+    pub fn handle(&mut self, now: Duration, event: Event) -> Vec<Action> {
+        self.handle_batch(now, [event])
+    }
+
+    /// Feeds several simultaneous events, then schedules once. Use it for the initial
+    /// peer set: scheduling after each bitfield would send the origin requests for
+    /// chunks that the next peer in the batch has, or assign chunks by rendezvous over
+    /// a partial view of the interested nodes.
+    pub fn handle_batch(
+        &mut self,
+        now: Duration,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Vec<Action> {
+        self.last_progress.get_or_insert(now);
+        for event in events {
+            self.apply(now, event);
+        }
+        if !self.finished {
+            self.expire(now);
+            self.schedule(now);
+        }
+        std::mem::take(&mut self.actions)
+    }
+
+    fn apply(&mut self, now: Duration, event: Event) {
+        match event {
+            Event::PeerBitfield {
+                peer,
+                chunks,
+                downloading,
+            } => {
+                if peer != self.me {
+                    let mut chunks = chunks;
+                    chunks.resize(self.chunks.len(), false);
+                    let st = self.peers.entry(peer).or_insert(PeerState {
+                        chunks: Vec::new(),
+                        downloading,
+                        score: f64::INFINITY,
+                        last_heard: now,
+                        in_flight: 0,
+                    });
+                    st.chunks = chunks;
+                    st.downloading = downloading;
+                    st.last_heard = now;
+                }
+            }
+            Event::PeerHave { peer, chunk } => {
+                if let Some(st) = self.peers.get_mut(&peer) {
+                    if let Some(c) = st.chunks.get_mut(chunk as usize) {
+                        *c = true;
+                    }
+                    st.last_heard = now;
+                    if st.chunks.iter().all(|&c| c) {
+                        st.downloading = false;
+                    }
+                }
+            }
+            Event::PeerGone { peer } => self.drop_peer(peer),
+            Event::ChunkArrived {
+                source,
+                chunk,
+                valid,
+            } => self.on_arrival(now, source, chunk, valid),
+            Event::RequestFailed { source, chunk } => {
+                if self.remove_in_flight(chunk, source).is_some() {
+                    match source {
+                        Source::Origin => {
+                            self.origin_failures += 1;
+                            if self.origin_failures >= self.config.max_origin_failures {
+                                self.abort(format!(
+                                    "origin failed {} times in a row",
+                                    self.origin_failures
+                                ));
+                            }
+                        }
+                        Source::Peer(p) => self.penalise(p),
+                    }
+                }
+            }
+            Event::BlobCorrupt => self.on_corrupt(),
+            Event::Tick => {}
+        }
+    }
+
+    /// Halves a peer's score; an unmeasured (optimistic) peer drops to the back.
+    fn penalise(&mut self, peer: NodeId) {
+        if let Some(st) = self.peers.get_mut(&peer) {
+            st.score = if st.score.is_finite() {
+                st.score / 2.0
+            } else {
+                0.0
+            };
+        }
+    }
+
+    fn abort(&mut self, reason: String) {
+        if !self.finished {
+            self.finished = true;
+            self.actions.push(Action::Abort { reason });
+        }
+    }
+
+    fn drop_peer(&mut self, peer: NodeId) {
+        self.peers.remove(&peer);
+        let chunks: Vec<u32> = self
+            .in_flight
+            .iter()
+            .filter(|(_, v)| v.iter().any(|(s, _)| *s == Source::Peer(peer)))
+            .map(|(c, _)| *c)
+            .collect();
+        for c in chunks {
+            self.remove_in_flight(c, Source::Peer(peer));
+        }
+    }
+
+    fn remove_in_flight(&mut self, chunk: u32, source: Source) -> Option<Duration> {
+        let list = self.in_flight.get_mut(&chunk)?;
+        let pos = list.iter().position(|(s, _)| *s == source)?;
+        let (_, sent) = list.remove(pos);
+        if list.is_empty() {
+            self.in_flight.remove(&chunk);
+        }
+        match source {
+            Source::Origin => self.origin_in_flight = self.origin_in_flight.saturating_sub(1),
+            Source::Peer(p) => {
+                if let Some(st) = self.peers.get_mut(&p) {
+                    st.in_flight = st.in_flight.saturating_sub(1);
+                }
+            }
+        }
+        Some(sent)
+    }
+
+    fn on_arrival(&mut self, now: Duration, source: Source, chunk: u32, valid: bool) {
+        let Some(sent) = self.remove_in_flight(chunk, source) else {
+            return;
+        };
+        if !valid {
+            if let Source::Peer(p) = source {
+                let until = now + self.config.ban_period;
+                self.banned.insert(p, until);
+                self.drop_peer(p);
+                self.actions.push(Action::Ban { peer: p, until });
+            }
+            return;
+        }
+        match source {
+            Source::Origin => self.origin_failures = 0,
+            Source::Peer(p) => {
+                if let Some(st) = self.peers.get_mut(&p) {
+                    let bytes = self.layout.range(chunk).map_or(0, |r| r.end - r.start) as f64;
+                    let rate = bytes / (now.saturating_sub(sent)).as_secs_f64().max(1e-6);
+                    st.score = if st.score.is_finite() {
+                        0.7 * st.score + 0.3 * rate
+                    } else {
+                        rate
+                    };
+                    st.last_heard = now;
+                }
+            }
+        }
+        if self.chunks[chunk as usize] != ChunkState::Missing {
+            return; // an endgame duplicate that lost
+        }
+        self.last_progress = Some(now);
+        let trusted = source == Source::Origin || self.have_index;
+        self.chunks[chunk as usize] = if trusted {
+            ChunkState::Verified
+        } else {
+            ChunkState::Unverified
+        };
+        self.present += 1;
+        self.advance_cursor();
+        self.actions.push(Action::Announce { chunk });
+        if let Some(others) = self.in_flight.remove(&chunk) {
+            for (s, _) in others {
+                self.release_slot(s);
+                self.actions.push(Action::Cancel { source: s, chunk });
+            }
+        }
+        if self.present as usize == self.chunks.len() {
+            self.finished = true;
+            self.actions.push(Action::Complete);
+        }
+    }
+
+    fn release_slot(&mut self, source: Source) {
+        match source {
+            Source::Origin => self.origin_in_flight = self.origin_in_flight.saturating_sub(1),
+            Source::Peer(p) => {
+                if let Some(st) = self.peers.get_mut(&p) {
+                    st.in_flight = st.in_flight.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    fn on_corrupt(&mut self) {
+        self.finished = false;
+        self.origin_only = true;
+        for c in self.chunks.iter_mut() {
+            if *c == ChunkState::Unverified {
+                *c = ChunkState::Missing;
+                self.present -= 1;
+            }
+        }
+        self.cursor = 0;
+        self.advance_cursor();
+    }
+
+    fn advance_cursor(&mut self) {
+        while self
+            .chunks
+            .get(self.cursor as usize)
+            .is_some_and(|c| *c != ChunkState::Missing)
+        {
+            self.cursor += 1;
+        }
+    }
+
+    /// Cancels requests older than the timeout; the chunks become requestable again.
+    fn expire(&mut self, now: Duration) {
+        let timeout = self.config.request_timeout;
+        let expired: Vec<(u32, Source)> = self
+            .in_flight
+            .iter()
+            .flat_map(|(c, v)| {
+                v.iter()
+                    .filter(|(_, t)| now.saturating_sub(*t) >= timeout)
+                    .map(move |(s, _)| (*c, *s))
+            })
+            .collect();
+        for (chunk, source) in expired {
+            self.remove_in_flight(chunk, source);
+            self.actions.push(Action::Cancel { source, chunk });
+            if let Source::Peer(p) = source {
+                self.penalise(p);
+            }
+        }
+        self.banned.retain(|_, until| *until > now);
+    }
+
+    /// The live interested nodes (this one included), sorted.
+    fn live_interested(&self, now: Duration) -> Vec<NodeId> {
+        let grace = self.config.assignment_grace;
+        let mut live: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, st)| st.downloading && now.saturating_sub(st.last_heard) < grace)
+            .map(|(id, _)| *id)
+            .chain([self.me])
+            .collect();
+        live.sort_unstable();
+        live
+    }
+
+    /// Which chunks this node owns by rendezvous hashing over the live interested
+    /// nodes. Cached until that set changes: it costs a hash per chunk and node.
+    fn owned(&mut self, now: Duration) -> &[bool] {
+        let live = self.live_interested(now);
+        if self.ownership.as_ref().is_none_or(|(set, _)| *set != live) {
+            let owned = (0..self.chunks.len() as u32)
+                .map(|c| rendezvous_owner(&live, c) == self.me)
+                .collect();
+            self.ownership = Some((live, owned));
+        }
+        self.ownership
+            .as_ref()
+            .map_or(&[], |(_, owned)| owned.as_slice())
+    }
+
+    /// Per-node tie-break so nodes pick different chunks among equally rare ones.
+    fn spread(&self, chunk: u32) -> u64 {
+        (u64::from(chunk).wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.me.0
+    }
+
+    fn schedule(&mut self, now: Duration) {
+        let missing: Vec<u32> = (0..self.chunks.len() as u32)
+            .filter(|&c| self.chunks[c as usize] == ChunkState::Missing)
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        if !self.origin_only {
+            self.schedule_peers(now, &missing);
+        }
+        self.schedule_origin(now, &missing);
+    }
+
+    fn schedule_peers(&mut self, now: Duration, missing: &[u32]) {
+        let mut availability: HashMap<u32, u32> = HashMap::new();
+        for st in self.peers.values() {
+            for &c in missing {
+                if st.chunks[c as usize] {
+                    *availability.entry(c).or_default() += 1;
+                }
+            }
+        }
+        // Fastest peers first; unmeasured ones (infinite score) are tried early.
+        let mut order: Vec<NodeId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|p| !self.banned.contains_key(p))
+            .collect();
+        order.sort_by(|a, b| {
+            self.peers[b]
+                .score
+                .total_cmp(&self.peers[a].score)
+                .then(a.cmp(b))
+        });
+        let best = order
+            .iter()
+            .map(|p| self.peers[p].score)
+            .find(|s| s.is_finite())
+            .unwrap_or(1.0)
+            .max(1.0);
+        let window_end = self.cursor.saturating_add(self.config.stream_window);
+        for peer in order {
+            let depth = {
+                let s = self.peers[&peer].score;
+                let share = if s.is_finite() { s / best } else { 1.0 };
+                ((self.config.max_requests_per_peer as f64 * share).round() as usize)
+                    .clamp(1, self.config.max_requests_per_peer)
+            };
+            while self.peers[&peer].in_flight < depth {
+                let candidates = missing.iter().copied().filter(|&c| {
+                    self.peers[&peer].chunks[c as usize] && !self.in_flight.contains_key(&c)
+                });
+                // In the window: lowest index first. Past it: rarest, then spread.
+                let pick = candidates.min_by_key(|&c| {
+                    let in_window = c < window_end;
+                    (
+                        !in_window,
+                        if in_window { c } else { 0 },
+                        availability.get(&c).copied().unwrap_or(0),
+                        self.spread(c),
+                    )
+                });
+                let pick = pick.or_else(|| self.endgame_pick(peer, missing));
+                let Some(chunk) = pick else { break };
+                self.send(now, Source::Peer(peer), chunk);
+            }
+        }
+    }
+
+    /// In endgame (every missing chunk requested), a chunk this peer has and that is
+    /// outstanding elsewhere, oldest request first.
+    fn endgame_pick(&self, peer: NodeId, missing: &[u32]) -> Option<u32> {
+        if missing.iter().any(|c| !self.in_flight.contains_key(c)) {
+            return None;
+        }
+        let st = &self.peers[&peer];
+        self.in_flight
+            .iter()
+            .filter(|(c, v)| {
+                st.chunks[**c as usize]
+                    && v.len() < self.config.endgame_sources
+                    && v.iter().all(|(s, _)| *s != Source::Peer(peer))
+            })
+            .min_by_key(|(_, v)| v.iter().map(|(_, t)| *t).min())
+            .map(|(c, _)| *c)
+    }
+
+    fn schedule_origin(&mut self, now: Duration, missing: &[u32]) {
+        let held_by_peer: HashSet<u32> = if self.origin_only {
+            HashSet::new()
+        } else {
+            missing
+                .iter()
+                .copied()
+                .filter(|&c| {
+                    self.peers
+                        .iter()
+                        .any(|(p, st)| st.chunks[c as usize] && !self.banned.contains_key(p))
+                })
+                .collect()
+        };
+        let window_end = self.cursor.saturating_add(self.config.stream_window);
+        // Safety net: if nothing is outstanding and nothing arrived for a grace period,
+        // assignments evidently are not being served; fetch regardless of owner.
+        let stalled = self.in_flight.is_empty()
+            && self
+                .last_progress
+                .is_some_and(|t| now.saturating_sub(t) >= self.config.assignment_grace);
+        let everything = self.origin_only || stalled;
+        let owned = if everything {
+            Vec::new()
+        } else {
+            self.owned(now).to_vec()
+        };
+        let mut wanted: Vec<u32> = missing
+            .iter()
+            .copied()
+            .filter(|c| !self.in_flight.contains_key(c) && !held_by_peer.contains(c))
+            .filter(|&c| everything || owned.get(c as usize).copied().unwrap_or(false))
+            .collect();
+        // In order, window first: the origin is the source of last resort for streaming too.
+        wanted.sort_by_key(|&c| (c >= window_end, c));
+        for chunk in wanted {
+            if self.origin_in_flight >= self.config.max_origin_requests {
+                break;
+            }
+            self.send(now, Source::Origin, chunk);
+        }
+    }
+
+    fn send(&mut self, now: Duration, source: Source, chunk: u32) {
+        self.in_flight.entry(chunk).or_default().push((source, now));
+        match source {
+            Source::Origin => self.origin_in_flight += 1,
+            Source::Peer(p) => {
+                if let Some(st) = self.peers.get_mut(&p) {
+                    st.in_flight += 1;
+                }
+            }
+        }
+        self.actions.push(Action::Request { source, chunk });
+    }
+}
+
+/// Rendezvous (highest random weight) hashing: the node with the highest hash of
+/// (node, chunk) owns the chunk. When a node leaves, only its chunks move.
+fn rendezvous_owner(nodes: &[NodeId], chunk: u32) -> NodeId {
+    let weight = |n: NodeId| {
+        let mut h = blake3::Hasher::new();
+        h.update(&n.0.to_le_bytes());
+        h.update(&chunk.to_le_bytes());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h.finalize().as_bytes()[..8]);
+        u64::from_le_bytes(b)
+    };
+    nodes
+        .iter()
+        .copied()
+        .max_by_key(|&n| (weight(n), n))
+        .unwrap_or(NodeId(0))
+}

@@ -1,0 +1,644 @@
+//! Scheduler tests with virtual time: single-node policy checks, and a small
+//! discrete-event harness in which several schedulers drive each other.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use shoal_proto::ChunkLayout;
+
+use super::*;
+
+const CHUNK: u32 = 1 << 20;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn layout(chunks: u32) -> ChunkLayout {
+    ChunkLayout::new(u64::from(chunks) * u64::from(CHUNK), CHUNK)
+}
+
+fn requests(actions: &[Action]) -> Vec<(Source, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Request { source, chunk } => Some((*source, *chunk)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn bits(n: u32, have: impl Fn(u32) -> bool) -> Vec<bool> {
+    (0..n).map(have).collect()
+}
+
+const A: NodeId = NodeId(1);
+const B: NodeId = NodeId(2);
+const ME: NodeId = NodeId(100);
+
+fn seeds_only() -> Config {
+    Config {
+        stream_window: 0,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn rarest_chunks_first() {
+    let mut s = Scheduler::new(
+        ME,
+        layout(8),
+        true,
+        Config {
+            max_requests_per_peer: 2,
+            ..seeds_only()
+        },
+    );
+    let acts = s.handle_batch(
+        ms(0),
+        [
+            Event::PeerBitfield {
+                peer: B,
+                chunks: bits(8, |c| c < 4),
+                downloading: false,
+            },
+            Event::PeerBitfield {
+                peer: A,
+                chunks: bits(8, |_| true),
+                downloading: false,
+            },
+        ],
+    );
+    let reqs = requests(&acts);
+    // A alone has 4..8 (availability 1): A is asked for those; B for what it has.
+    for (src, c) in &reqs {
+        match src {
+            Source::Peer(p) if *p == A => assert!(*c >= 4, "A asked for common chunk {c}"),
+            Source::Peer(p) if *p == B => assert!(*c < 4),
+            other => panic!("unexpected source {other:?}"),
+        }
+    }
+    assert_eq!(reqs.len(), 4, "two pipelined requests per peer: {reqs:?}");
+}
+
+#[test]
+fn streaming_window_goes_first() {
+    let mut s = Scheduler::new(
+        ME,
+        layout(16),
+        true,
+        Config {
+            max_requests_per_peer: 1,
+            stream_window: 2,
+            ..Config::default()
+        },
+    );
+    let acts = s.handle(
+        ms(0),
+        Event::PeerBitfield {
+            peer: A,
+            chunks: bits(16, |_| true),
+            downloading: false,
+        },
+    );
+    assert_eq!(requests(&acts), vec![(Source::Peer(A), 0)]);
+    let acts = s.handle(
+        ms(5),
+        Event::ChunkArrived {
+            source: Source::Peer(A),
+            chunk: 0,
+            valid: true,
+        },
+    );
+    assert_eq!(requests(&acts), vec![(Source::Peer(A), 1)]);
+}
+
+#[test]
+fn origin_only_for_what_no_peer_has() {
+    let mut s = Scheduler::new(
+        ME,
+        layout(6),
+        true,
+        Config {
+            max_origin_requests: 10,
+            ..seeds_only()
+        },
+    );
+    let acts = s.handle(
+        ms(0),
+        Event::PeerBitfield {
+            peer: A,
+            chunks: bits(6, |c| c % 2 == 0),
+            downloading: false,
+        },
+    );
+    let origin: HashSet<u32> = requests(&acts)
+        .into_iter()
+        .filter(|(s, _)| *s == Source::Origin)
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(origin, HashSet::from([1, 3, 5]));
+}
+
+#[test]
+fn no_peers_means_bounded_origin_and_completion() {
+    let mut s = Scheduler::new(
+        ME,
+        layout(5),
+        false,
+        Config {
+            max_origin_requests: 2,
+            ..Config::default()
+        },
+    );
+    let mut outstanding = requests(&s.handle(ms(0), Event::Tick));
+    assert_eq!(outstanding.len(), 2);
+    let mut t = 0;
+    let mut done = false;
+    while let Some((src, c)) = outstanding.pop() {
+        t += 10;
+        let acts = s.handle(
+            ms(t),
+            Event::ChunkArrived {
+                source: src,
+                chunk: c,
+                valid: true,
+            },
+        );
+        done |= acts.contains(&Action::Complete);
+        outstanding.extend(requests(&acts));
+        assert!(outstanding.len() <= 2);
+    }
+    assert!(done && s.present() == 5 && s.cursor() == 5);
+}
+
+#[test]
+fn endgame_duplicates_the_last_chunk_and_cancels_the_loser() {
+    let mut s = Scheduler::new(
+        ME,
+        layout(2),
+        true,
+        Config {
+            max_requests_per_peer: 1,
+            ..seeds_only()
+        },
+    );
+    let first = requests(&s.handle(
+        ms(0),
+        Event::PeerBitfield {
+            peer: A,
+            chunks: bits(2, |_| true),
+            downloading: false,
+        },
+    ));
+    assert_eq!(first.len(), 1);
+    let (_, a_chunk) = first[0];
+    // B joins: it takes the other chunk...
+    let acts = s.handle(
+        ms(1),
+        Event::PeerBitfield {
+            peer: B,
+            chunks: bits(2, |_| true),
+            downloading: false,
+        },
+    );
+    let (_, b_chunk) = requests(&acts)[0];
+    assert_ne!(a_chunk, b_chunk);
+    // ...and once it delivered, with A still busy on the last chunk, B duplicates it.
+    let acts = s.handle(
+        ms(20),
+        Event::ChunkArrived {
+            source: Source::Peer(B),
+            chunk: b_chunk,
+            valid: true,
+        },
+    );
+    assert!(
+        requests(&acts).contains(&(Source::Peer(B), a_chunk)),
+        "endgame duplicate: {acts:?}"
+    );
+    let acts = s.handle(
+        ms(30),
+        Event::ChunkArrived {
+            source: Source::Peer(B),
+            chunk: a_chunk,
+            valid: true,
+        },
+    );
+    assert!(acts.contains(&Action::Cancel {
+        source: Source::Peer(A),
+        chunk: a_chunk
+    }));
+    assert!(acts.contains(&Action::Complete));
+}
+
+#[test]
+fn lost_peer_requests_move_to_another_peer() {
+    // No endgame duplicates here, to see the re-requests themselves.
+    let mut s = Scheduler::new(
+        ME,
+        layout(4),
+        true,
+        Config {
+            endgame_sources: 1,
+            ..seeds_only()
+        },
+    );
+    let acts = s.handle(
+        ms(0),
+        Event::PeerBitfield {
+            peer: A,
+            chunks: bits(4, |_| true),
+            downloading: false,
+        },
+    );
+    let to_a: HashSet<u32> = requests(&acts).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(to_a.len(), 4);
+    s.handle(
+        ms(1),
+        Event::PeerBitfield {
+            peer: B,
+            chunks: bits(4, |_| true),
+            downloading: false,
+        },
+    );
+    let acts = s.handle(ms(2), Event::PeerGone { peer: A });
+    let to_b: HashSet<u32> = requests(&acts)
+        .into_iter()
+        .map(|(src, c)| {
+            assert_eq!(src, Source::Peer(B));
+            c
+        })
+        .collect();
+    assert_eq!(to_b, to_a);
+}
+
+#[test]
+fn bad_chunk_bans_the_peer_and_refetches_elsewhere() {
+    let mut s = Scheduler::new(
+        ME,
+        layout(1),
+        true,
+        Config {
+            max_requests_per_peer: 1,
+            endgame_sources: 1,
+            ..seeds_only()
+        },
+    );
+    let acts = s.handle_batch(
+        ms(0),
+        [
+            Event::PeerBitfield {
+                peer: A,
+                chunks: vec![true],
+                downloading: false,
+            },
+            Event::PeerBitfield {
+                peer: B,
+                chunks: vec![true],
+                downloading: false,
+            },
+        ],
+    );
+    let (first, _) = requests(&acts)[0];
+    let Source::Peer(liar) = first else { panic!() };
+    let honest = if liar == A { B } else { A };
+    let acts = s.handle(
+        ms(5),
+        Event::ChunkArrived {
+            source: first,
+            chunk: 0,
+            valid: false,
+        },
+    );
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Ban { peer, .. } if *peer == liar)));
+    assert_eq!(requests(&acts), vec![(Source::Peer(honest), 0)]);
+    // The liar announcing again changes nothing while banned.
+    let acts = s.handle(
+        ms(6),
+        Event::PeerBitfield {
+            peer: liar,
+            chunks: vec![true],
+            downloading: false,
+        },
+    );
+    assert!(requests(&acts)
+        .iter()
+        .all(|(s, _)| *s != Source::Peer(liar)));
+    assert!(!s.has_chunk(0));
+}
+
+#[test]
+fn timeouts_retry_elsewhere_and_penalise() {
+    let cfg = Config {
+        max_requests_per_peer: 1,
+        request_timeout: ms(100),
+        endgame_sources: 1,
+        ..seeds_only()
+    };
+    let mut s = Scheduler::new(ME, layout(1), true, cfg);
+    let acts = s.handle(
+        ms(0),
+        Event::PeerBitfield {
+            peer: A,
+            chunks: vec![true],
+            downloading: false,
+        },
+    );
+    assert_eq!(requests(&acts), vec![(Source::Peer(A), 0)]);
+    s.handle(
+        ms(10),
+        Event::PeerBitfield {
+            peer: B,
+            chunks: vec![true],
+            downloading: false,
+        },
+    );
+    let acts = s.handle(ms(150), Event::Tick);
+    assert!(acts.contains(&Action::Cancel {
+        source: Source::Peer(A),
+        chunk: 0
+    }));
+    assert!(requests(&acts).contains(&(Source::Peer(B), 0)), "{acts:?}");
+}
+
+#[test]
+fn origin_failures_abort_after_the_limit() {
+    let mut s = Scheduler::new(
+        ME,
+        layout(1),
+        false,
+        Config {
+            max_origin_failures: 3,
+            ..Config::default()
+        },
+    );
+    let mut acts = s.handle(ms(0), Event::Tick);
+    for i in 0..3 {
+        assert_eq!(requests(&acts), vec![(Source::Origin, 0)], "attempt {i}");
+        acts = s.handle(
+            ms(10 * (i + 1)),
+            Event::RequestFailed {
+                source: Source::Origin,
+                chunk: 0,
+            },
+        );
+    }
+    assert!(acts.iter().any(|a| matches!(a, Action::Abort { .. })));
+}
+
+#[test]
+fn corrupt_blob_refetches_peer_chunks_from_origin_only() {
+    let mut s = Scheduler::new(
+        ME,
+        layout(2),
+        false,
+        Config {
+            max_origin_requests: 1,
+            ..seeds_only()
+        },
+    );
+    let first = s.handle(
+        ms(0),
+        Event::PeerBitfield {
+            peer: A,
+            chunks: bits(2, |c| c == 0),
+            downloading: false,
+        },
+    );
+    let mut t = 0;
+    let mut pending: Vec<(Source, u32)> = requests(&first);
+    assert_eq!(
+        pending.len(),
+        2,
+        "chunk 0 from the peer, chunk 1 from the origin: {pending:?}"
+    );
+    let mut complete = false;
+    while let Some((src, c)) = pending.pop() {
+        t += 1;
+        let acts = s.handle(
+            ms(t),
+            Event::ChunkArrived {
+                source: src,
+                chunk: c,
+                valid: true,
+            },
+        );
+        complete |= acts.contains(&Action::Complete);
+        pending.extend(requests(&acts));
+    }
+    assert!(complete);
+    let acts = s.handle(ms(t + 1), Event::BlobCorrupt);
+    // Chunk 0 came from a peer without an index: it is fetched again, from the origin.
+    assert_eq!(requests(&acts), vec![(Source::Origin, 0)]);
+    let acts = s.handle(
+        ms(t + 2),
+        Event::ChunkArrived {
+            source: Source::Origin,
+            chunk: 0,
+            valid: true,
+        },
+    );
+    assert!(acts.contains(&Action::Complete));
+}
+
+/// A tiny discrete-event world: N schedulers, an origin, fixed transfer delays.
+struct World {
+    nodes: BTreeMap<NodeId, Scheduler>,
+    dead: HashSet<NodeId>,
+    /// (time, seq) → (node, event)
+    queue: BTreeMap<(Duration, u64), (NodeId, Event)>,
+    seq: u64,
+    origin_fetches: BTreeMap<u32, u32>,
+    completed: HashSet<NodeId>,
+    /// Each node's view of the others at t=0 (everyone is a partial provider).
+    initial: Vec<(NodeId, Vec<Event>)>,
+}
+
+impl World {
+    fn new(n: u64, chunks: u32, cfg: &Config) -> World {
+        let ids: Vec<NodeId> = (1..=n)
+            .map(|i| NodeId::from_peer_bytes(&i.to_le_bytes()))
+            .collect();
+        let mut w = World {
+            nodes: BTreeMap::new(),
+            dead: HashSet::new(),
+            queue: BTreeMap::new(),
+            seq: 0,
+            origin_fetches: BTreeMap::new(),
+            completed: HashSet::new(),
+            initial: Vec::new(),
+        };
+        for &id in &ids {
+            w.nodes
+                .insert(id, Scheduler::new(id, layout(chunks), false, cfg.clone()));
+        }
+        w.initial = ids
+            .iter()
+            .map(|&id| {
+                let events = ids
+                    .iter()
+                    .filter(|&&o| o != id)
+                    .map(|&other| Event::PeerBitfield {
+                        peer: other,
+                        chunks: vec![false; chunks as usize],
+                        downloading: true,
+                    })
+                    .collect();
+                (id, events)
+            })
+            .collect();
+        w
+    }
+
+    fn apply(&mut self, t: Duration, node: NodeId, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Request {
+                    source: Source::Origin,
+                    chunk,
+                } => {
+                    *self.origin_fetches.entry(chunk).or_default() += 1;
+                    self.push(
+                        t + ms(40),
+                        node,
+                        Event::ChunkArrived {
+                            source: Source::Origin,
+                            chunk,
+                            valid: true,
+                        },
+                    );
+                }
+                Action::Request {
+                    source: Source::Peer(p),
+                    chunk,
+                } => {
+                    let ev = if self.dead.contains(&p) {
+                        Event::RequestFailed {
+                            source: Source::Peer(p),
+                            chunk,
+                        }
+                    } else {
+                        Event::ChunkArrived {
+                            source: Source::Peer(p),
+                            chunk,
+                            valid: true,
+                        }
+                    };
+                    self.push(t + ms(10), node, ev);
+                }
+                Action::Announce { chunk } => {
+                    for other in self.nodes.keys().copied().collect::<Vec<_>>() {
+                        if other != node {
+                            self.push(t + ms(1), other, Event::PeerHave { peer: node, chunk });
+                        }
+                    }
+                }
+                Action::Complete => {
+                    self.completed.insert(node);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn push(&mut self, t: Duration, node: NodeId, e: Event) {
+        self.seq += 1;
+        self.queue.insert((t, self.seq), (node, e));
+    }
+
+    fn run(&mut self, until: Duration) {
+        for (id, events) in std::mem::take(&mut self.initial) {
+            if !self.dead.contains(&id) {
+                let actions = self
+                    .nodes
+                    .get_mut(&id)
+                    .expect("node")
+                    .handle_batch(ms(0), events);
+                self.apply(ms(0), id, actions);
+            }
+        }
+        let mut next_tick = ms(500);
+        while next_tick <= until && self.completed.len() + self.dead.len() < self.nodes.len() {
+            // Events before the next tick, then the tick (drives timeouts and grace periods).
+            let due = self
+                .queue
+                .first_key_value()
+                .is_some_and(|((t, _), _)| *t < next_tick);
+            let (t, node, event) = if due {
+                let ((t, _), (node, event)) = self.queue.pop_first().expect("due event");
+                (t, node, Some(event))
+            } else {
+                let t = next_tick;
+                next_tick += ms(500);
+                for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+                    self.push(t, id, Event::Tick);
+                }
+                (t, NodeId(0), None)
+            };
+            let Some(event) = event else { continue };
+            if self.dead.contains(&node) {
+                continue;
+            }
+            let Some(s) = self.nodes.get_mut(&node) else {
+                continue;
+            };
+            let actions = s.handle(t, event);
+            self.apply(t, node, actions);
+        }
+    }
+}
+
+#[test]
+fn cold_start_splits_origin_fetches_between_nodes() {
+    let chunks = 64;
+    let mut w = World::new(4, chunks, &Config::default());
+    w.run(Duration::from_secs(60));
+    assert_eq!(w.completed.len(), 4, "every node completes");
+    let total: u32 = w.origin_fetches.values().sum();
+    assert_eq!(
+        w.origin_fetches.len(),
+        chunks as usize,
+        "every chunk came from the origin at least once"
+    );
+    assert_eq!(
+        total, chunks,
+        "each chunk fetched from the origin exactly once: {:?}",
+        w.origin_fetches
+    );
+}
+
+#[test]
+fn cold_start_survives_a_dead_node() {
+    let chunks = 48;
+    let cfg = Config {
+        assignment_grace: ms(1000),
+        ..Config::default()
+    };
+    let mut w = World::new(3, chunks, &cfg);
+    let victim = *w.nodes.keys().next().unwrap();
+    w.dead.insert(victim);
+    w.run(Duration::from_secs(60));
+    assert_eq!(w.completed.len(), 2, "the survivors complete");
+    let total: u32 = w.origin_fetches.values().sum();
+    assert_eq!(w.origin_fetches.len(), chunks as usize);
+    assert!(
+        total <= chunks + chunks / 3,
+        "origin fetches {total} for {chunks} chunks"
+    );
+}
+
+#[test]
+fn cold_start_of_sixteen_nodes_stays_within_origin_target() {
+    let chunks = 128;
+    let mut w = World::new(16, chunks, &Config::default());
+    w.run(Duration::from_secs(120));
+    assert_eq!(w.completed.len(), 16);
+    let total: u32 = w.origin_fetches.values().sum();
+    assert!(
+        f64::from(total) <= 1.05 * f64::from(chunks),
+        "origin fetches {total} for {chunks} chunks"
+    );
+}
