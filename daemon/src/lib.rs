@@ -16,6 +16,8 @@
 //!   number of local readers follow. Today its only source is the origin; peers
 //!   (issue 3) become a second source here.
 //! - [`upstream`]: the origin registry client (auth, token flow, redirects, retries).
+//! - [`net`]: peer networking: node identity, and the authenticated QUIC chunk-transfer
+//!   endpoint (serving side and client; discovery and the swarm driver are not yet in).
 //! - [`config`], [`metrics`], [`daemon`]: flags/TOML/env, Prometheus, wiring.
 #![deny(missing_docs)]
 
@@ -23,6 +25,7 @@ pub mod config;
 pub mod daemon;
 pub mod metrics;
 pub mod mirror;
+pub mod net;
 pub mod store;
 pub mod swarm;
 pub mod upstream;

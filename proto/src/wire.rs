@@ -39,8 +39,10 @@
 //!
 //! Each QUIC connection is TLS authenticated by the libp2p identity of both sides
 //! (their PeerIds). On top of that, the first frame each side sends is `Hello`, whose
-//! `proof` shows knowledge of the cluster secret: a keyed BLAKE3 of both PeerIds and
-//! both nonces (see [`hello_proof`]). A node that cannot prove it is refused before it can
+//! `proof` shows knowledge of the cluster secret: a keyed BLAKE3 of both PeerIds, the
+//! sender's nonce and keying material exported from the TLS session (see
+//! [`hello_proof`]). The client speaks first on the connection's first stream; the
+//! server answers with its own `Hello` or closes the connection. A node that cannot prove it is refused before it can
 //! request or serve anything. Every chunk is checked against the chunk index, which
 //! only nodes that verified the whole blob's sha256 publish.
 
@@ -190,14 +192,16 @@ pub enum DecodeError {
 
 /// Proof of the cluster secret for a `Hello` sent by `sender` to `receiver`.
 ///
-/// Keyed BLAKE3 (key derived from the secret) over both PeerIds and both nonces, so a
-/// proof is bound to this pair of nodes and this connection and cannot be replayed.
+/// Keyed BLAKE3 (key derived from the secret) over both PeerIds, the sender's nonce and
+/// `binding`: keying material exported from the connection's TLS session (RFC 5705),
+/// which both ends derive and nobody else can. A proof is therefore bound to this pair
+/// of nodes and this very connection, and cannot be replayed on another.
 pub fn hello_proof(
     secret: &[u8],
     sender: &[u8],
     receiver: &[u8],
-    sender_nonce: &[u8; 32],
-    receiver_nonce: &[u8; 32],
+    nonce: &[u8; 32],
+    binding: &[u8; 32],
 ) -> [u8; 32] {
     let key = blake3::derive_key("shoal cluster secret v1", secret);
     let mut h = blake3::Hasher::new_keyed(&key);
@@ -205,8 +209,8 @@ pub fn hello_proof(
         h.update(&(part.len() as u32).to_be_bytes());
         h.update(part);
     }
-    h.update(sender_nonce);
-    h.update(receiver_nonce);
+    h.update(nonce);
+    h.update(binding);
     *h.finalize().as_bytes()
 }
 

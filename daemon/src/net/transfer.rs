@@ -1,0 +1,482 @@
+//! The chunk-transfer endpoint: QUIC (quinn) on its own UDP socket, tuned for LAN bulk
+//! transfer, authenticated twice: TLS by PeerId, then the cluster-secret `Hello`.
+//!
+//! One bidirectional stream per request: the requester writes one frame
+//! (`Request` or `IndexRequest`) and finishes its side; the server answers with
+//! `ChunkData` followed by the raw chunk bytes, with `Index`, or with `Reject`. The
+//! connection's first stream carries the `Hello` exchange (client first).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use libp2p_identity::{Keypair, PeerId};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use rand::RngCore as _;
+use shoal_proto::wire::{self, Message, RejectReason};
+use shoal_proto::{ChunkIndex, Digest};
+use tokio::sync::Semaphore;
+
+use super::NetError;
+use crate::store::Store;
+
+/// QUIC close codes, so the other side's logs say why.
+const CLOSE_AUTH: u32 = 0x5341;
+const CLOSE_PROTOCOL: u32 = 0x5350;
+
+/// How long a new connection may take to present its `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Label for the TLS keying-material export that binds the `Hello` proofs.
+const EXPORTER_LABEL: &[u8] = b"shoal cluster proof v1";
+
+/// Settings of the endpoint.
+#[derive(Clone)]
+pub struct TransferOptions {
+    /// The cluster secret; empty means none (every node with an empty secret matches,
+    /// which the daemon warns loudly about).
+    pub secret: Vec<u8>,
+    /// Chunk uploads served at once by this node.
+    pub max_uploads: usize,
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        TransferOptions {
+            secret: Vec::new(),
+            max_uploads: 8,
+        }
+    }
+}
+
+/// The endpoint: serves chunks of committed blobs and connects to peers.
+pub struct Transfer {
+    endpoint: quinn::Endpoint,
+    keypair: Keypair,
+    options: TransferOptions,
+    store: Arc<Store>,
+    uploads: Semaphore,
+}
+
+/// LAN bulk transfer: quinn's defaults (1.25 MB stream window) are sized for the
+/// internet and cap a single stream far below a 10-25 Gbit/s link.
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(VarInt::from_u32(16 << 20))
+        .receive_window(VarInt::from_u32(64 << 20))
+        .send_window(64 << 20)
+        .max_concurrent_bidi_streams(VarInt::from_u32(64))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .keep_alive_interval(Some(Duration::from_secs(5)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}
+
+/// The PeerId in the certificate the other side presented.
+fn remote_peer_id(conn: &Connection) -> Result<PeerId, NetError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or_else(|| NetError::Protocol("peer presented no certificate".into()))?;
+    let first = certs
+        .first()
+        .ok_or_else(|| NetError::Protocol("empty certificate chain".into()))?;
+    let cert = libp2p_tls::certificate::parse(first)
+        .map_err(|e| NetError::Protocol(format!("bad libp2p certificate: {e}")))?;
+    Ok(cert.peer_id())
+}
+
+fn binding(conn: &Connection) -> Result<[u8; 32], NetError> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, EXPORTER_LABEL, b"")
+        .map_err(|_| NetError::Setup("TLS keying material export failed".into()))?;
+    Ok(out)
+}
+
+/// Reads one frame, refusing oversized lengths before reading the body.
+async fn read_message(recv: &mut RecvStream) -> Result<Message, NetError> {
+    let mut len = [0u8; wire::LENGTH_PREFIX];
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|e| NetError::Connection(format!("reading frame length: {e}")))?;
+    let len = u32::from_be_bytes(len);
+    wire::check_length(len).map_err(|e| NetError::Protocol(e.to_string()))?;
+    let mut body = vec![0u8; len as usize];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| NetError::Connection(format!("reading frame: {e}")))?;
+    Message::decode_frame(&body).map_err(|e| NetError::Protocol(e.to_string()))
+}
+
+async fn write_message(send: &mut SendStream, msg: &Message) -> Result<(), NetError> {
+    send.write_all(&msg.to_bytes())
+        .await
+        .map_err(|e| NetError::Connection(format!("writing frame: {e}")))
+}
+
+impl Transfer {
+    /// Binds the endpoint and starts serving.
+    pub fn bind(
+        addr: SocketAddr,
+        keypair: Keypair,
+        options: TransferOptions,
+        store: Arc<Store>,
+    ) -> Result<Arc<Transfer>, NetError> {
+        let tls =
+            libp2p_tls::make_server_config(&keypair).map_err(|e| NetError::Setup(e.to_string()))?;
+        let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(transport());
+        let endpoint = quinn::Endpoint::server(server, addr).map_err(|source| NetError::Io {
+            context: format!("binding transfer endpoint {addr}"),
+            source,
+        })?;
+        let uploads = Semaphore::new(options.max_uploads.max(1));
+        let transfer = Arc::new(Transfer {
+            endpoint,
+            keypair,
+            options,
+            store,
+            uploads,
+        });
+        let serving = transfer.clone();
+        tokio::spawn(async move { serving.accept_loop().await });
+        Ok(transfer)
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
+        self.endpoint.local_addr().map_err(|source| NetError::Io {
+            context: "transfer endpoint address".into(),
+            source,
+        })
+    }
+
+    /// This node's PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.keypair.public().to_peer_id()
+    }
+
+    fn proof(
+        &self,
+        sender: &PeerId,
+        receiver: &PeerId,
+        nonce: &[u8; 32],
+        binding: &[u8; 32],
+    ) -> [u8; 32] {
+        wire::hello_proof(
+            &self.options.secret,
+            &sender.to_bytes(),
+            &receiver.to_bytes(),
+            nonce,
+            binding,
+        )
+    }
+
+    /// Connects to a peer; with `expected` set, TLS fails unless it is that PeerId.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expected: Option<PeerId>,
+    ) -> Result<PeerConnection, NetError> {
+        let fail = |message: String| NetError::Connect { addr, message };
+        let tls = libp2p_tls::make_client_config(&self.keypair, expected)
+            .map_err(|e| NetError::Setup(e.to_string()))?;
+        let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(transport());
+        // libp2p-tls checks the PeerId in the certificate, not a host name.
+        let conn = self
+            .endpoint
+            .connect_with(client, addr, "l")
+            .map_err(|e| fail(e.to_string()))?
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let remote = remote_peer_id(&conn)?;
+        let binding = binding(&conn)?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| fail(e.to_string()))?;
+        let mut nonce = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let hello = Message::Hello {
+            nonce,
+            proof: self.proof(&self.peer_id(), &remote, &nonce, &binding),
+            agent: agent(),
+        };
+        write_message(&mut send, &hello).await?;
+        let reply = tokio::time::timeout(HELLO_TIMEOUT, read_message(&mut recv))
+            .await
+            .map_err(|_| NetError::Unauthenticated(remote.to_string()))?;
+        match reply {
+            Ok(Message::Hello { nonce, proof, .. })
+                if proof == self.proof(&remote, &self.peer_id(), &nonce, &binding) =>
+            {
+                Ok(PeerConnection { conn, remote })
+            }
+            Ok(_) => {
+                tracing::warn!(peer = %remote, %addr, "peer failed the cluster-secret proof; not using it");
+                conn.close(VarInt::from_u32(CLOSE_AUTH), b"cluster secret mismatch");
+                Err(NetError::Unauthenticated(remote.to_string()))
+            }
+            // The server closes the connection when our proof is wrong.
+            Err(_) => Err(NetError::Unauthenticated(remote.to_string())),
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "incoming transfer connection failed");
+                        return;
+                    }
+                };
+                let addr = conn.remote_address();
+                if let Err(e) = me.serve_connection(&conn).await {
+                    tracing::warn!(peer_addr = %addr, error = %e, "dropping peer connection");
+                }
+            });
+        }
+    }
+
+    async fn serve_connection(&self, conn: &Connection) -> Result<(), NetError> {
+        let remote = remote_peer_id(conn)?;
+        let binding = binding(conn)?;
+        let span = tracing::info_span!("peer", peer = %remote, addr = %conn.remote_address());
+        let _enter = span.enter();
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
+            let (send, mut recv) = conn
+                .accept_bi()
+                .await
+                .map_err(|e| NetError::Connection(e.to_string()))?;
+            Ok::<_, NetError>((send, read_message(&mut recv).await?))
+        })
+        .await
+        .map_err(|_| NetError::Protocol("no Hello within 10 s".into()))?;
+        let (mut send, msg) = match hello {
+            Ok(v) => v,
+            Err(e) => {
+                conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"bad hello");
+                return Err(e);
+            }
+        };
+        let Message::Hello {
+            nonce,
+            proof,
+            agent: their_agent,
+        } = msg
+        else {
+            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"expected hello");
+            return Err(NetError::Protocol("first message was not Hello".into()));
+        };
+        if proof != self.proof(&remote, &self.peer_id(), &nonce, &binding) {
+            tracing::warn!(agent = %their_agent, "peer cannot prove the cluster secret; refused");
+            conn.close(VarInt::from_u32(CLOSE_AUTH), b"cluster secret mismatch");
+            return Err(NetError::Unauthenticated(remote.to_string()));
+        }
+        let mut my_nonce = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut my_nonce);
+        let reply = Message::Hello {
+            nonce: my_nonce,
+            proof: self.proof(&self.peer_id(), &remote, &my_nonce, &binding),
+            agent: agent(),
+        };
+        write_message(&mut send, &reply).await?;
+        let _ = send.finish();
+        tracing::debug!(agent = %their_agent, "peer authenticated");
+        loop {
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(reason = %e, "peer connection closed");
+                    return Ok(());
+                }
+            };
+            if let Err(e) = self.serve_stream(send, recv).await {
+                if matches!(e, NetError::Protocol(_)) {
+                    conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed message");
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, "request stream failed");
+            }
+        }
+    }
+
+    async fn serve_stream(
+        &self,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) -> Result<(), NetError> {
+        let reply = match read_message(&mut recv).await? {
+            Message::Request { digest, chunk } => {
+                return self.serve_chunk(send, digest, chunk).await
+            }
+            Message::IndexRequest { digest } => match self.store.get(&digest) {
+                Ok(Some(record)) => Message::Index {
+                    digest,
+                    index: record.chunks,
+                },
+                _ => Message::Reject {
+                    digest,
+                    chunk: u32::MAX,
+                    reason: RejectReason::NotPresent,
+                },
+            },
+            other => {
+                return Err(NetError::Protocol(format!(
+                    "unexpected request {:?}",
+                    std::mem::discriminant(&other)
+                )))
+            }
+        };
+        write_message(&mut send, &reply).await?;
+        let _ = send.finish();
+        Ok(())
+    }
+
+    async fn serve_chunk(
+        &self,
+        mut send: SendStream,
+        digest: Digest,
+        chunk: u32,
+    ) -> Result<(), NetError> {
+        let reject = |reason| Message::Reject {
+            digest,
+            chunk,
+            reason,
+        };
+        let Ok(_permit) = self.uploads.try_acquire() else {
+            write_message(&mut send, &reject(RejectReason::Busy)).await?;
+            let _ = send.finish();
+            return Ok(());
+        };
+        let store = self.store.clone();
+        let bytes = tokio::task::spawn_blocking(move || -> Option<Vec<u8>> {
+            let (record, file) = store.open_blob(&digest).ok()??;
+            let range = record.chunks.layout.range(chunk)?;
+            let mut buf = vec![0u8; (range.end - range.start) as usize];
+            file.read_exact_at(&mut buf, range.start).ok()?;
+            Some(buf)
+        })
+        .await
+        .map_err(|e| NetError::Connection(e.to_string()))?;
+        let Some(bytes) = bytes else {
+            write_message(&mut send, &reject(RejectReason::NotPresent)).await?;
+            let _ = send.finish();
+            return Ok(());
+        };
+        write_message(
+            &mut send,
+            &Message::ChunkData {
+                digest,
+                chunk,
+                len: bytes.len() as u32,
+            },
+        )
+        .await?;
+        send.write_all(&bytes)
+            .await
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        let _ = send.finish();
+        Ok(())
+    }
+}
+
+fn agent() -> String {
+    concat!("shoald/", env!("CARGO_PKG_VERSION")).to_owned()
+}
+
+/// An authenticated connection to a peer.
+pub struct PeerConnection {
+    conn: Connection,
+    /// The peer's verified identity.
+    pub remote: PeerId,
+}
+
+impl PeerConnection {
+    async fn request(&self, msg: &Message) -> Result<(Message, RecvStream), NetError> {
+        let (mut send, mut recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        write_message(&mut send, msg).await?;
+        send.finish()
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        let reply = read_message(&mut recv).await?;
+        Ok((reply, recv))
+    }
+
+    /// Fetches one chunk (at most `max_len` bytes). The caller verifies it.
+    pub async fn fetch_chunk(
+        &self,
+        digest: Digest,
+        chunk: u32,
+        max_len: u32,
+    ) -> Result<Bytes, NetError> {
+        match self.request(&Message::Request { digest, chunk }).await? {
+            (
+                Message::ChunkData {
+                    digest: d,
+                    chunk: c,
+                    len,
+                },
+                mut recv,
+            ) if d == digest && c == chunk && len <= max_len => {
+                let mut buf = vec![0u8; len as usize];
+                recv.read_exact(&mut buf)
+                    .await
+                    .map_err(|e| NetError::Connection(format!("reading chunk: {e}")))?;
+                Ok(Bytes::from(buf))
+            }
+            (Message::Reject { reason, .. }, _) => Err(NetError::Rejected(reason)),
+            (other, _) => Err(NetError::Protocol(format!(
+                "unexpected answer to a chunk request: {other:?}"
+            ))),
+        }
+    }
+
+    /// Fetches the chunk index of a blob the peer holds complete.
+    pub async fn fetch_index(&self, digest: Digest) -> Result<ChunkIndex, NetError> {
+        match self.request(&Message::IndexRequest { digest }).await? {
+            (Message::Index { digest: d, index }, _) if d == digest && index.is_consistent() => {
+                Ok(index)
+            }
+            (Message::Reject { reason, .. }, _) => Err(NetError::Rejected(reason)),
+            (other, _) => Err(NetError::Protocol(format!(
+                "unexpected answer to an index request: {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends raw bytes on a new stream (tests of hostile peers).
+    #[cfg(test)]
+    pub(crate) async fn send_raw(&self, bytes: &[u8]) -> Result<(), NetError> {
+        let (mut send, _recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        send.write_all(bytes)
+            .await
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        send.finish()
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        // Give the server a moment to read it before the stream is dropped.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.closed()).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+//! Two or three real endpoints on loopback, in one process.
+
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+use shoal_proto::wire::{Message, RejectReason};
+use shoal_proto::Digest;
+
+use super::*;
+use crate::store::Store;
+
+struct Node {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    transfer: Arc<Transfer>,
+}
+
+fn node(secret: &[u8]) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), 64 * 1024, 0).unwrap());
+    let keypair = Keypair::generate_ed25519();
+    let options = TransferOptions {
+        secret: secret.to_vec(),
+        ..TransferOptions::default()
+    };
+    let transfer = Transfer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        keypair,
+        options,
+        store.clone(),
+    )
+    .unwrap();
+    Node {
+        _dir: dir,
+        store,
+        transfer,
+    }
+}
+
+fn blob(len: usize) -> (Vec<u8>, Digest) {
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+    let d = Digest::from_sha256_bytes(Sha256::digest(&data).into());
+    (data, d)
+}
+
+#[tokio::test]
+async fn serves_chunks_and_index_to_an_authenticated_peer() {
+    let (a, b) = (node(b"secret"), node(b"secret"));
+    let (data, d) = blob(300_000);
+    let record = b.store.put_bytes(d, &data, None).unwrap();
+    let conn = a
+        .transfer
+        .connect(b.transfer.local_addr().unwrap(), Some(b.transfer.peer_id()))
+        .await
+        .unwrap();
+    assert_eq!(conn.remote, b.transfer.peer_id());
+    let index = conn.fetch_index(d).await.unwrap();
+    assert_eq!(index, record.chunks);
+    for chunk in 0..index.layout.count() {
+        let bytes = conn.fetch_chunk(d, chunk, 1 << 20).await.unwrap();
+        let range = index.layout.range(chunk).unwrap();
+        assert_eq!(&bytes[..], &data[range.start as usize..range.end as usize]);
+        assert_eq!(
+            blake3::hash(&bytes).as_bytes(),
+            &index.hashes[chunk as usize].0
+        );
+    }
+    let (_, unknown) = blob(10);
+    assert!(matches!(
+        conn.fetch_chunk(unknown, 0, 1 << 20).await,
+        Err(NetError::Rejected(RejectReason::NotPresent))
+    ));
+    assert!(matches!(
+        conn.fetch_chunk(d, 99, 1 << 20).await,
+        Err(NetError::Rejected(RejectReason::NotPresent))
+    ));
+    // A chunk larger than the caller allows is refused, not read.
+    assert!(matches!(
+        conn.fetch_chunk(d, 0, 1000).await,
+        Err(NetError::Protocol(_))
+    ));
+}
+
+#[tokio::test]
+async fn wrong_secret_can_neither_fetch_nor_serve() {
+    let (good, intruder) = (node(b"cluster-secret"), node(b"guess"));
+    let (data, d) = blob(100_000);
+    good.store.put_bytes(d, &data, None).unwrap();
+    intruder.store.put_bytes(d, &data, None).unwrap();
+    let to_good = intruder
+        .transfer
+        .connect(good.transfer.local_addr().unwrap(), None)
+        .await;
+    assert!(
+        matches!(to_good, Err(NetError::Unauthenticated(_))),
+        "intruder fetched"
+    );
+    let to_intruder = good
+        .transfer
+        .connect(intruder.transfer.local_addr().unwrap(), None)
+        .await;
+    assert!(
+        matches!(to_intruder, Err(NetError::Unauthenticated(_))),
+        "intruder served"
+    );
+}
+
+#[tokio::test]
+async fn wrong_peer_id_fails_the_tls_handshake() {
+    let (a, b, c) = (node(b"s"), node(b"s"), node(b"s"));
+    let r = a
+        .transfer
+        .connect(b.transfer.local_addr().unwrap(), Some(c.transfer.peer_id()))
+        .await;
+    assert!(
+        matches!(r, Err(NetError::Connect { .. })),
+        "connected to an impostor"
+    );
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_messages_drop_only_that_connection() {
+    let (a, b) = (node(b"s"), node(b"s"));
+    let (data, d) = blob(100_000);
+    b.store.put_bytes(d, &data, None).unwrap();
+    let addr = b.transfer.local_addr().unwrap();
+    let hostile: Vec<Vec<u8>> = vec![
+        vec![0xff, 0xff, 0xff, 0xff, 1, 3], // oversized length
+        vec![0, 0, 0, 3, 9, 3, 0],          // unknown version
+        vec![0, 0, 0, 6, 1, 4, 1, 2, 3, 4], // Request cut short
+        Message::Have {
+            digest: d,
+            chunk: 0,
+        }
+        .to_bytes(), // not a request
+    ];
+    for bytes in hostile {
+        let conn = a.transfer.connect(addr, None).await.unwrap();
+        conn.send_raw(&bytes).await.unwrap();
+        assert!(
+            conn.fetch_index(d).await.is_err(),
+            "connection survived {bytes:?}"
+        );
+        // Everyone else is still served.
+        let fresh = a.transfer.connect(addr, None).await.unwrap();
+        assert_eq!(
+            fresh.fetch_chunk(d, 0, 1 << 20).await.unwrap().len(),
+            64 * 1024
+        );
+    }
+}
