@@ -100,6 +100,19 @@ pub struct Config {
     #[arg(long, env = "SHOAL_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
 
+    /// UDP address of the peer chunk-transfer endpoint (QUIC). Unset: this node does not
+    /// serve peers. Peers must be able to reach it, so bind the node IP or 0.0.0.0.
+    #[arg(long, env = "SHOAL_TRANSFER_ADDR", value_name = "HOST:PORT")]
+    pub transfer_addr: Option<SocketAddr>,
+
+    /// File holding the swarm's shared cluster secret. Without it any node can join.
+    #[arg(long, env = "SHOAL_CLUSTER_SECRET_FILE", value_name = "PATH")]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// Chunk uploads this node serves to peers at once.
+    #[arg(long, env = "SHOAL_MAX_UPLOADS", value_name = "N", default_value = "8")]
+    pub max_uploads: usize,
+
     /// Retries of a failed upstream request (with exponential backoff) before giving up.
     #[arg(
         long,

@@ -24,6 +24,9 @@ pub enum StartError {
     /// Upstream client setup failed (e.g. unreadable credentials).
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// Identity, secret or transfer endpoint setup failed.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// The mirror address could not be bound.
     #[error("binding mirror address {addr}: {source}")]
     Bind {
@@ -38,6 +41,10 @@ pub enum StartError {
 pub struct Daemon {
     /// Where the mirror listens (useful with port 0).
     pub mirror_addr: SocketAddr,
+    /// This node's PeerId.
+    pub peer_id: libp2p_identity::PeerId,
+    /// The peer transfer endpoint, when enabled.
+    pub transfer: Option<Arc<crate::net::transfer::Transfer>>,
     listener: tokio::net::TcpListener,
     router: axum::Router,
 }
@@ -71,6 +78,28 @@ impl Daemon {
                 source,
             })?;
         let store = Arc::new(store);
+        let keypair = crate::net::identity::load_or_create(&config.data_dir)?;
+        let peer_id = keypair.public().to_peer_id();
+        let transfer = match config.transfer_addr {
+            Some(addr) => {
+                let secret = match &config.cluster_secret_file {
+                    Some(p) => crate::net::identity::read_secret(p)?,
+                    None => {
+                        tracing::warn!("NO CLUSTER SECRET: any host that can reach the transfer port can fetch this node's blobs; set --cluster-secret-file");
+                        Vec::new()
+                    }
+                };
+                let options = crate::net::transfer::TransferOptions {
+                    secret,
+                    max_uploads: config.max_uploads,
+                };
+                let t =
+                    crate::net::transfer::Transfer::bind(addr, keypair, options, store.clone())?;
+                tracing::info!(%peer_id, transfer = %t.local_addr()?, "serving chunks to peers");
+                Some(t)
+            }
+            None => None,
+        };
         let metrics = Arc::new(Metrics::default());
         let mirror = Arc::new(Mirror {
             downloads: Downloads::new(store.clone(), upstream.clone(), metrics.clone()),
@@ -93,6 +122,8 @@ impl Daemon {
         })?;
         Ok(Daemon {
             mirror_addr,
+            peer_id,
+            transfer,
             listener,
             router: mirror::router(mirror),
         })

@@ -37,7 +37,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let daemon = Daemon::start(&config).await?;
-        tracing::info!(mirror = %daemon.mirror_addr, data_dir = %config.data_dir.display(), "shoald listening");
+        tracing::info!(mirror = %daemon.mirror_addr, peer_id = %daemon.peer_id, data_dir = %config.data_dir.display(), "shoald listening");
         daemon.serve(shutdown_signal()).await.context("serving the mirror")?;
         tracing::info!("shoald stopped");
         Ok(())

@@ -28,6 +28,9 @@ fn help_documents_every_option_with_defaults() {
         "--stale-if-error",
         "--upstream-timeout",
         "--upstream-retries",
+        "--transfer-addr",
+        "--cluster-secret-file",
+        "--max-uploads",
     ] {
         assert!(help.contains(opt), "--help lacks {opt}");
     }

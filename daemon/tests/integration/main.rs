@@ -8,4 +8,5 @@ mod cli;
 mod containerd_pull;
 mod crash;
 mod mirror_protocol;
+mod peers;
 mod shared_download;
