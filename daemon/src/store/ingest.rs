@@ -114,22 +114,23 @@ impl Ingest {
                     *slot = Some(hash);
                 }
             }
+            // Keep every recorded chunk that still hashes right (a crash may have torn
+            // the last writes); chunks after a gap stay too, for an out-of-order download.
             let mut buf = vec![0u8; self.layout.chunk_size as usize];
             for (i, recorded) in recorded_chunks.iter().enumerate() {
                 let (Some(recorded), Some(range)) = (recorded, self.layout.range(i as u32)) else {
-                    break;
+                    continue;
                 };
                 let chunk = &mut buf[..(range.end - range.start) as usize];
                 if self.file.read_exact_at(chunk, range.start).is_err()
                     || blake3::hash(chunk).as_bytes() != &recorded.0
                 {
-                    tracing::warn!(digest = %self.digest, chunk = i, "stored chunk of partial blob failed verification; refetching from here");
-                    break;
+                    tracing::warn!(digest = %self.digest, chunk = i, "stored chunk of partial blob failed verification; refetching it");
+                    continue;
                 }
-                self.sha.update(&*chunk);
                 self.chunks[i] = Some(*recorded);
-                self.offset = range.end;
             }
+            self.advance_sha(None)?;
             if self.offset > 0 {
                 tracing::info!(digest = %self.digest, resumed_bytes = self.offset, "resuming partial blob");
             }
@@ -147,9 +148,99 @@ impl Ingest {
         )
     }
 
-    /// Bytes already written (where the next [`Ingest::write`] continues).
+    /// Bytes from 0 that are written and hashed: where the next [`Ingest::write`]
+    /// continues, and how far a reader may stream.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Which chunks are present (after a resume, or as an out-of-order download fills in).
+    pub fn present_chunks(&self) -> impl Iterator<Item = u32> + '_ {
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_some())
+            .map(|(i, _)| i as u32)
+    }
+
+    /// Writes one whole chunk at its place, in any order (the swarm path). With
+    /// `expected` (from a verified chunk index), bytes that do not hash to it are
+    /// refused with [`StoreError::ChunkMismatch`] and nothing is written. The blob's
+    /// sha256 then advances over whatever prefix is now contiguous.
+    pub fn write_chunk(
+        &mut self,
+        index: u32,
+        bytes: &[u8],
+        expected: Option<&ChunkHash>,
+    ) -> Result<()> {
+        let Some(range) = self.layout.range(index) else {
+            return Err(StoreError::SizeMismatch {
+                digest: self.digest,
+                expected: self.layout.size,
+                actual: u64::from(index) * u64::from(self.layout.chunk_size),
+            });
+        };
+        if bytes.len() as u64 != range.end - range.start {
+            return Err(StoreError::SizeMismatch {
+                digest: self.digest,
+                expected: range.end - range.start,
+                actual: bytes.len() as u64,
+            });
+        }
+        if self.chunks[index as usize].is_some() {
+            return Ok(()); // a duplicate (endgame): the first copy stands
+        }
+        let hash = ChunkHash(*blake3::hash(bytes).as_bytes());
+        if expected.is_some_and(|e| *e != hash) {
+            return Err(StoreError::ChunkMismatch {
+                digest: self.digest,
+                index,
+            });
+        }
+        self.file
+            .write_all_at(bytes, range.start)
+            .map_err(|e| StoreError::io(format!("writing {} chunk {index}", self.digest), e))?;
+        self.chunks[index as usize] = Some(hash);
+        if self.resumable {
+            self.store
+                .index
+                .put_partial_chunk(&self.digest, index, &hash)?;
+        }
+        self.advance_sha(Some((index, bytes)))
+    }
+
+    /// Feeds the sha256 with the chunks now contiguous after [`Ingest::offset`],
+    /// using `fresh` for the chunk just written and reading the others back (they are
+    /// in the page cache: they were written moments ago or verified at resume).
+    fn advance_sha(&mut self, fresh: Option<(u32, &[u8])>) -> Result<()> {
+        let mut buf = Vec::new();
+        loop {
+            let index = self.layout.chunk_of(self.offset);
+            let Some(range) = self
+                .layout
+                .range(index)
+                .filter(|_| self.offset < self.layout.size)
+            else {
+                break;
+            };
+            if self.chunks[index as usize].is_none() {
+                break;
+            }
+            match fresh {
+                Some((i, bytes)) if i == index => self.sha.update(bytes),
+                _ => {
+                    buf.resize((range.end - range.start) as usize, 0);
+                    self.file
+                        .read_exact_at(&mut buf, range.start)
+                        .map_err(|e| {
+                            StoreError::io(format!("reading back {} chunk {index}", self.digest), e)
+                        })?;
+                    self.sha.update(&buf);
+                }
+            }
+            self.offset = range.end;
+        }
+        Ok(())
     }
 
     /// Total blob size.

@@ -84,6 +84,14 @@ pub enum StoreError {
         /// What the bytes hash to.
         actual: Digest,
     },
+    /// A chunk does not hash to its entry in the chunk index; it was not written.
+    #[error("{digest}: chunk {index} does not match the chunk index")]
+    ChunkMismatch {
+        /// Blob digest.
+        digest: Digest,
+        /// Chunk index.
+        index: u32,
+    },
     /// More or fewer bytes than announced.
     #[error("{digest}: expected {expected} bytes, got {actual}")]
     SizeMismatch {

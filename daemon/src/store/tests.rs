@@ -156,3 +156,56 @@ fn index_rebuilds_from_sidecars_and_rehash() {
     assert_eq!(rec.size(), bytes.len() as u64);
     assert_eq!(store.used_bytes(), bytes.len() as u64);
 }
+
+#[test]
+fn chunks_in_any_order_commit_and_are_checked_against_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 0);
+    let bytes = data(CHUNK as usize * 4 + 1000);
+    let d = digest_of(&bytes);
+    let chunk = |i: usize| &bytes[i * CHUNK as usize..((i + 1) * CHUNK as usize).min(bytes.len())];
+    let index: Vec<shoal_proto::ChunkHash> = (0..5)
+        .map(|i| shoal_proto::ChunkHash(*blake3::hash(chunk(i)).as_bytes()))
+        .collect();
+    let mut ingest = store.begin_ingest(d, bytes.len() as u64, None).unwrap();
+    // A forged chunk is refused and nothing is recorded.
+    let mut forged = chunk(2).to_vec();
+    forged[0] ^= 1;
+    assert!(matches!(
+        ingest.write_chunk(2, &forged, Some(&index[2])),
+        Err(StoreError::ChunkMismatch { index: 2, .. })
+    ));
+    assert_eq!(ingest.present_chunks().count(), 0);
+    for i in [4, 2, 0, 3] {
+        ingest
+            .write_chunk(i as u32, chunk(i), Some(&index[i]))
+            .unwrap();
+    }
+    assert_eq!(ingest.offset(), CHUNK as u64, "only chunk 0 is contiguous");
+    ingest.write_chunk(1, chunk(1), Some(&index[1])).unwrap();
+    assert_eq!(ingest.offset(), bytes.len() as u64);
+    let rec = ingest.commit().unwrap();
+    assert_eq!(rec.chunks.hashes, index);
+    assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), bytes);
+}
+
+#[test]
+fn resume_keeps_chunks_after_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(CHUNK as usize * 4);
+    let d = digest_of(&bytes);
+    let chunk = |i: usize| &bytes[i * CHUNK as usize..(i + 1) * CHUNK as usize];
+    {
+        let store = open(dir.path(), 0);
+        let mut ingest = store.begin_ingest(d, bytes.len() as u64, None).unwrap();
+        ingest.write_chunk(0, chunk(0), None).unwrap();
+        ingest.write_chunk(3, chunk(3), None).unwrap();
+    }
+    let store = open(dir.path(), 0);
+    let mut ingest = store.begin_ingest(d, bytes.len() as u64, None).unwrap();
+    assert_eq!(ingest.present_chunks().collect::<Vec<_>>(), vec![0, 3]);
+    assert_eq!(ingest.offset(), CHUNK as u64);
+    ingest.write_chunk(2, chunk(2), None).unwrap();
+    ingest.write_chunk(1, chunk(1), None).unwrap();
+    assert_eq!(ingest.commit().unwrap().digest, d);
+}
