@@ -34,6 +34,17 @@ fn time_inner(mut f: impl FnMut() -> Duration) -> Duration {
     median((0..RUNS).map(|_| f()).collect())
 }
 
+/// Begins an ingest and writes `data` in network-sized pieces.
+fn ingest_all(store: &Arc<Store>, digest: Digest, data: &[u8]) -> shoal_daemon::store::Ingest {
+    let mut ingest = store
+        .begin_ingest(digest, data.len() as u64, None)
+        .expect("ingest");
+    for p in data.chunks(PIECE) {
+        ingest.write(p).expect("write");
+    }
+    ingest
+}
+
 fn main() {
     // Cargo passes `--bench`; ignore arguments.
     let mib: usize = std::env::var("SHOAL_BENCH_MIB")
@@ -87,24 +98,14 @@ fn main() {
         // Hash + write to the staging file (page cache), then the verified commit.
         let write_only = time_inner(|| {
             let t = Instant::now();
-            let mut ingest = store
-                .begin_ingest(digest, data.len() as u64, None)
-                .expect("ingest");
-            for p in data.chunks(PIECE) {
-                ingest.write(p).expect("write");
-            }
+            let mut ingest = ingest_all(&store, digest, &data);
             let elapsed = t.elapsed();
             ingest.discard();
             elapsed
         });
         let with_commit = time_inner(|| {
             let t = Instant::now();
-            let mut ingest = store
-                .begin_ingest(digest, data.len() as u64, None)
-                .expect("ingest");
-            for p in data.chunks(PIECE) {
-                ingest.write(p).expect("write");
-            }
+            let ingest = ingest_all(&store, digest, &data);
             ingest.commit().expect("commit");
             let elapsed = t.elapsed();
             // Remove it again so the next run ingests afresh.

@@ -147,14 +147,7 @@ async fn dispatch(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     if *method != Method::GET && *method != Method::HEAD || route == Route::Upload {
-        let mut e = ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "UNSUPPORTED",
-            format!("shoald is a pull-only mirror; {method} is not supported"),
-        );
-        e.headers
-            .push((ALLOW, HeaderValue::from_static("GET, HEAD")));
-        return Err(e);
+        return Err(pull_only(method));
     }
     let ns = query.and_then(|q| form_param(q, "ns"));
     if let Some(ns) = &ns {
@@ -191,16 +184,20 @@ async fn dispatch(
             )
             .await
         }
-        Route::Upload => unreachable_upload(),
+        Route::Upload => Err(pull_only(method)),
     }
 }
 
-fn unreachable_upload() -> Result<Response, ApiError> {
-    Err(ApiError::new(
+/// 405 for anything that would write: a mirror is pull-only.
+fn pull_only(method: &Method) -> ApiError {
+    let mut e = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "UNSUPPORTED",
-        "push is not supported",
-    ))
+        format!("shoald is a pull-only mirror; {method} is not supported"),
+    );
+    e.headers
+        .push((ALLOW, HeaderValue::from_static("GET, HEAD")));
+    e
 }
 
 /// The client's `Authorization`, forwarded upstream when present.

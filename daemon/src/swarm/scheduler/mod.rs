@@ -406,14 +406,7 @@ impl Scheduler {
         if list.is_empty() {
             self.in_flight.remove(&chunk);
         }
-        match source {
-            Source::Origin => self.origin_in_flight = self.origin_in_flight.saturating_sub(1),
-            Source::Peer(p) => {
-                if let Some(st) = self.peers.get_mut(&p) {
-                    st.in_flight = st.in_flight.saturating_sub(1);
-                }
-            }
-        }
+        self.release_slot(source);
         Some(sent)
     }
 

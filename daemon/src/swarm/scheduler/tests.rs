@@ -28,6 +28,33 @@ fn requests(actions: &[Action]) -> Vec<(Source, u32)> {
         .collect()
 }
 
+/// Answers every request successfully, one per `step_ms`, until none is outstanding.
+/// `check` sees the number outstanding after each step. Returns whether the scheduler
+/// completed, and the time of the last delivery.
+fn deliver_until_idle(
+    s: &mut Scheduler,
+    mut pending: Vec<(Source, u32)>,
+    step_ms: u64,
+    mut check: impl FnMut(usize),
+) -> (bool, u64) {
+    let (mut t, mut complete) = (0, false);
+    while let Some((source, chunk)) = pending.pop() {
+        t += step_ms;
+        let acts = s.handle(
+            ms(t),
+            Event::ChunkArrived {
+                source,
+                chunk,
+                valid: true,
+            },
+        );
+        complete |= acts.contains(&Action::Complete);
+        pending.extend(requests(&acts));
+        check(pending.len());
+    }
+    (complete, t)
+}
+
 fn bits(n: u32, have: impl Fn(u32) -> bool) -> Vec<bool> {
     (0..n).map(have).collect()
 }
@@ -151,24 +178,9 @@ fn no_peers_means_bounded_origin_and_completion() {
             ..Config::default()
         },
     );
-    let mut outstanding = requests(&s.handle(ms(0), Event::Tick));
+    let outstanding = requests(&s.handle(ms(0), Event::Tick));
     assert_eq!(outstanding.len(), 2);
-    let mut t = 0;
-    let mut done = false;
-    while let Some((src, c)) = outstanding.pop() {
-        t += 10;
-        let acts = s.handle(
-            ms(t),
-            Event::ChunkArrived {
-                source: src,
-                chunk: c,
-                valid: true,
-            },
-        );
-        done |= acts.contains(&Action::Complete);
-        outstanding.extend(requests(&acts));
-        assert!(outstanding.len() <= 2);
-    }
+    let (done, _) = deliver_until_idle(&mut s, outstanding, 10, |n| assert!(n <= 2));
     assert!(done && s.present() == 5 && s.cursor() == 5);
 }
 
@@ -408,27 +420,13 @@ fn corrupt_blob_refetches_peer_chunks_from_origin_only() {
             downloading: false,
         },
     );
-    let mut t = 0;
-    let mut pending: Vec<(Source, u32)> = requests(&first);
+    let pending: Vec<(Source, u32)> = requests(&first);
     assert_eq!(
         pending.len(),
         2,
         "chunk 0 from the peer, chunk 1 from the origin: {pending:?}"
     );
-    let mut complete = false;
-    while let Some((src, c)) = pending.pop() {
-        t += 1;
-        let acts = s.handle(
-            ms(t),
-            Event::ChunkArrived {
-                source: src,
-                chunk: c,
-                valid: true,
-            },
-        );
-        complete |= acts.contains(&Action::Complete);
-        pending.extend(requests(&acts));
-    }
+    let (complete, t) = deliver_until_idle(&mut s, pending, 1, |_| {});
     assert!(complete);
     let acts = s.handle(ms(t + 1), Event::BlobCorrupt);
     // Chunk 0 came from a peer without an index: it is fetched again, from the origin.
