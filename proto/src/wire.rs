@@ -26,7 +26,7 @@
 //! | type | message | payload |
 //! |---|---|---|
 //! | 1 | `Hello` | nonce `[32]`, proof `[32]`, agent (u16 len + UTF-8) |
-//! | 2 | `HaveMap` | digest, chunk count u32, bitfield (`ceil(count/8)` bytes, MSB first, spare bits zero) |
+//! | 2 | `HaveMap` | digest, size u64, chunk size u32, bitfield (`ceil(count/8)` bytes, MSB first, spare bits zero); size and chunk size 0 with no bitfield: layout not known yet |
 //! | 3 | `Have` | digest, chunk u32 |
 //! | 4 | `Request` | digest, chunk u32 |
 //! | 5 | `ChunkData` | digest, chunk u32, len u32; then `len` raw bytes |
@@ -112,8 +112,9 @@ pub enum Message {
     HaveMap {
         /// Blob.
         digest: Digest,
-        /// Number of chunks of the blob.
-        chunk_count: u32,
+        /// Size and chunking of the blob; `None` from a node that has only just asked
+        /// for it and does not know its size yet.
+        layout: Option<ChunkLayout>,
         /// Bit `i` (MSB first) set when chunk `i` is held.
         bitfield: Vec<u8>,
     },
@@ -321,11 +322,13 @@ impl Message {
             }
             Message::HaveMap {
                 digest,
-                chunk_count,
+                layout,
                 bitfield,
             } => {
                 out.extend_from_slice(digest.as_bytes());
-                out.extend_from_slice(&chunk_count.to_be_bytes());
+                let (size, chunk_size) = layout.map_or((0, 0), |l| (l.size, l.chunk_size));
+                out.extend_from_slice(&size.to_be_bytes());
+                out.extend_from_slice(&chunk_size.to_be_bytes());
                 out.extend_from_slice(bitfield);
             }
             Message::Have { digest, chunk } | Message::Request { digest, chunk } => {
@@ -403,7 +406,18 @@ impl Message {
             },
             2 => {
                 let digest = r.digest()?;
-                let chunk_count = r.u32()?;
+                let size = r.u64()?;
+                let chunk_size = r.u32()?;
+                let layout = match (size, chunk_size) {
+                    (0, 0) => None,
+                    (_, c) if c < MIN_CHUNK_SIZE => {
+                        return Err(DecodeError::Malformed(format!(
+                            "chunk size {c} below minimum"
+                        )))
+                    }
+                    (size, chunk_size) => Some(ChunkLayout::new(size, chunk_size)),
+                };
+                let chunk_count = layout.map_or(0, |l| l.count());
                 let bytes = (chunk_count as usize).div_ceil(8);
                 let bitfield = r.take(bytes)?.to_vec();
                 let spare = bytes * 8 - chunk_count as usize;
@@ -418,7 +432,7 @@ impl Message {
                 }
                 Message::HaveMap {
                     digest,
-                    chunk_count,
+                    layout,
                     bitfield,
                 }
             }
@@ -532,8 +546,13 @@ mod tests {
             },
             Message::HaveMap {
                 digest: d(1),
-                chunk_count: 11,
+                layout: Some(ChunkLayout::new(11 * 65_536 - 5, 65_536)),
                 bitfield: bits,
+            },
+            Message::HaveMap {
+                digest: d(4),
+                layout: None,
+                bitfield: Vec::new(),
             },
             Message::Have {
                 digest: d(2),
@@ -639,7 +658,7 @@ mod tests {
         // Bits past the last chunk.
         let bad = Message::HaveMap {
             digest: d(1),
-            chunk_count: 3,
+            layout: Some(ChunkLayout::new(3 * 65_536, 65_536)),
             bitfield: vec![0xff],
         }
         .to_bytes();
