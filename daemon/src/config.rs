@@ -105,6 +105,36 @@ pub struct Config {
     #[arg(long, env = "SHOAL_TRANSFER_ADDR", value_name = "HOST:PORT")]
     pub transfer_addr: Option<SocketAddr>,
 
+    /// UDP address of the libp2p discovery socket (QUIC: Kademlia, identify, mDNS).
+    /// Needs --transfer-addr too. Unset: no swarm, the origin is the only source.
+    #[arg(long, env = "SHOAL_P2P_ADDR", value_name = "HOST:PORT")]
+    pub p2p_addr: Option<SocketAddr>,
+
+    /// The IP peers should dial, when it is not the bound one (e.g. the node IP under
+    /// hostNetwork with 0.0.0.0 bound).
+    #[arg(long, env = "SHOAL_ADVERTISE_ADDR", value_name = "IP")]
+    pub advertise_addr: Option<std::net::IpAddr>,
+
+    /// A peer to start discovery from; repeatable. `IP:PORT` of its --p2p-addr, a
+    /// multiaddr with or without /p2p/<id>, or dns:NAME:PORT (every address of NAME,
+    /// e.g. a headless Service; re-resolved every 30 s).
+    #[arg(
+        long,
+        env = "SHOAL_BOOTSTRAP",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub bootstrap: Vec<crate::net::discovery::Bootstrap>,
+
+    /// Discover peers on the local network with mDNS (edge fleets without a bootstrap list).
+    #[arg(long, env = "SHOAL_MDNS", value_name = "BOOL", default_value = "false", default_missing_value = "true", num_args = 0..=1, action = clap::ArgAction::Set)]
+    pub mdns: bool,
+
+    /// Lifetime of this node's provider records in the DHT (republished at a third of
+    /// it): how long a dead node may still be listed as holding a blob.
+    #[arg(long, env = "SHOAL_PROVIDER_TTL", value_name = "DURATION", default_value = "3m", value_parser = humantime::parse_duration)]
+    pub provider_ttl: Duration,
+
     /// File holding the swarm's shared cluster secret. Without it any node can join.
     #[arg(long, env = "SHOAL_CLUSTER_SECRET_FILE", value_name = "PATH")]
     pub cluster_secret_file: Option<PathBuf>,

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::mirror::{self, Mirror};
 use crate::store::{Store, StoreError};
-use crate::swarm::Downloads;
+use crate::swarm::{Downloads, PeerNetwork};
 use crate::upstream::{Credentials, Upstream, UpstreamError, UpstreamOptions};
 
 /// Why the daemon could not start.
@@ -27,6 +27,9 @@ pub enum StartError {
     /// Identity, secret or transfer endpoint setup failed.
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    /// Options that do not work together.
+    #[error("{0}")]
+    Config(String),
     /// The mirror address could not be bound.
     #[error("binding mirror address {addr}: {source}")]
     Bind {
@@ -93,16 +96,44 @@ impl Daemon {
                     secret,
                     max_uploads: config.max_uploads,
                 };
-                let t =
-                    crate::net::transfer::Transfer::bind(addr, keypair, options, store.clone())?;
+                let t = crate::net::transfer::Transfer::bind(
+                    addr,
+                    keypair.clone(),
+                    options,
+                    store.clone(),
+                )?;
                 tracing::info!(%peer_id, transfer = %t.local_addr()?, "serving chunks to peers");
                 Some(t)
             }
             None => None,
         };
+        let network = match (&transfer, config.p2p_addr) {
+            (Some(transfer), Some(listen)) => {
+                let options = crate::net::discovery::DiscoveryOptions {
+                    listen,
+                    advertise_ip: config.advertise_addr,
+                    bootstrap: config.bootstrap.clone(),
+                    mdns: config.mdns,
+                    transfer: transfer.local_addr()?,
+                    provider_ttl: config.provider_ttl,
+                };
+                let discovery =
+                    crate::net::discovery::Discovery::start(keypair.clone(), options).await?;
+                Some(PeerNetwork {
+                    transfer: transfer.clone(),
+                    discovery,
+                })
+            }
+            (None, Some(_)) => {
+                return Err(StartError::Config(
+                    "--p2p-addr needs --transfer-addr".into(),
+                ))
+            }
+            _ => None,
+        };
         let metrics = Arc::new(Metrics::default());
         let mirror = Arc::new(Mirror {
-            downloads: Downloads::new(store.clone(), upstream.clone(), metrics.clone()),
+            downloads: Downloads::new(store.clone(), upstream.clone(), metrics.clone(), network),
             store,
             upstream,
             metrics,

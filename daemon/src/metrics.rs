@@ -42,6 +42,10 @@ pub struct Metrics {
     pub served_bytes: Counter,
     /// Blob bytes received from upstream registries.
     pub upstream_bytes: Counter,
+    /// Blob bytes received from peers (verified or not yet verifiable).
+    pub peer_bytes: Counter,
+    /// Peer chunk fetches refused because the bytes failed the chunk index.
+    pub peer_bad_chunks: Counter,
     /// Lookups answered from the store.
     pub cache_hits: Family<KindLabels, Counter>,
     /// Lookups that needed a fetch.
@@ -57,6 +61,8 @@ impl Default for Metrics {
             requests: Family::default(),
             served_bytes: Counter::default(),
             upstream_bytes: Counter::default(),
+            peer_bytes: Counter::default(),
+            peer_bad_chunks: Counter::default(),
             cache_hits: Family::default(),
             cache_misses: Family::default(),
             store_bytes: Gauge::default(),
@@ -72,6 +78,16 @@ impl Default for Metrics {
             "upstream_bytes",
             "Blob bytes received from upstream registries",
             m.upstream_bytes.clone(),
+        );
+        registry.register(
+            "peer_bytes",
+            "Blob bytes received from peers",
+            m.peer_bytes.clone(),
+        );
+        registry.register(
+            "peer_bad_chunks",
+            "Chunks from peers that failed verification",
+            m.peer_bad_chunks.clone(),
         );
         registry.register(
             "cache_hits",

@@ -79,7 +79,9 @@ impl ApiError {
     pub fn from_download(e: &DownloadError, unknown: &'static str) -> ApiError {
         match e {
             DownloadError::Upstream(u) => ApiError::from_upstream(u, unknown),
-            DownloadError::Store(StoreError::DigestMismatch { .. }) => {
+            DownloadError::Store(StoreError::DigestMismatch { .. })
+            | DownloadError::CorruptFromPeers(_)
+            | DownloadError::Swarm(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", e.to_string())
             }
             DownloadError::Store(s) => ApiError::from_store(s),

@@ -7,9 +7,10 @@
 //!   then by a proof of the cluster secret bound to the TLS session; the messages are
 //!   [`shoal_proto::wire`].
 //!
-//! Discovery (libp2p Kademlia, identify, mDNS) and the driver that feeds
-//! [`crate::swarm::scheduler`] from these connections are the next steps of issue 3.
+//! - [`discovery`]: libp2p (Kademlia, identify, mDNS) to find which nodes hold or want
+//!   a blob and where their transfer endpoints are.
 
+pub mod discovery;
 pub mod identity;
 pub mod transfer;
 

@@ -5,6 +5,12 @@
 //! (`Request` or `IndexRequest`) and finishes its side; the server answers with
 //! `ChunkData` followed by the raw chunk bytes, with `Index`, or with `Reject`. The
 //! connection's first stream carries the `Hello` exchange (client first).
+//!
+//! A stream whose first frame is a `HaveMap` is an *interest link* instead: it stays
+//! open for the duration of a download and both sides send `HaveMap` (full state) and
+//! `Have` (one more chunk) frames on it. The server answers with its own `HaveMap` and
+//! hands the link to its running download of that blob ([`LocalBlobs::attach`]); a
+//! node with the blob complete answers with a full `HaveMap` and finishes.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt as _;
@@ -17,7 +23,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use rand::RngCore as _;
 use shoal_proto::wire::{self, Message, RejectReason};
-use shoal_proto::{ChunkIndex, Digest};
+use shoal_proto::{ChunkIndex, ChunkLayout, Digest};
 use tokio::sync::Semaphore;
 
 use super::NetError;
@@ -52,6 +58,44 @@ impl Default for TransferOptions {
     }
 }
 
+/// The node's blobs that are still downloading, as the transfer server sees them.
+pub trait LocalBlobs: Send + Sync + 'static {
+    /// Layout and have-map of a running download of `digest`, if one runs.
+    fn have_map(&self, digest: &Digest) -> Option<(Option<ChunkLayout>, Vec<u8>)>;
+    /// Bytes of a present chunk of a running download.
+    fn read_chunk(&self, digest: &Digest, chunk: u32) -> Option<Vec<u8>>;
+    /// Gives an interest link to the running download; hands it back if none runs.
+    fn attach(&self, digest: Digest, link: Box<PeerLink>) -> Result<(), Box<PeerLink>>;
+}
+
+/// An open interest link to a peer about one blob (see the module docs).
+pub struct PeerLink {
+    /// The peer (authenticated).
+    pub peer: PeerId,
+    /// Its transfer endpoint (a quinn endpoint dials from its listening socket).
+    pub addr: SocketAddr,
+    /// Its layout and have-map as last sent.
+    pub layout: Option<ChunkLayout>,
+    /// Its bitfield as last sent.
+    pub bitfield: Vec<u8>,
+    /// Our half for `HaveMap`/`Have` frames.
+    pub send: SendStream,
+    /// Its `HaveMap`/`Have` frames.
+    pub recv: RecvStream,
+}
+
+impl PeerLink {
+    /// Sends one frame on the link.
+    pub async fn send(&mut self, msg: &Message) -> Result<(), NetError> {
+        write_message(&mut self.send, msg).await
+    }
+
+    /// The next frame from the peer; `None` once it finished its side.
+    pub async fn next(recv: &mut RecvStream) -> Result<Option<Message>, NetError> {
+        read_message_or_end(recv).await
+    }
+}
+
 /// The endpoint: serves chunks of committed blobs and connects to peers.
 pub struct Transfer {
     endpoint: quinn::Endpoint,
@@ -59,6 +103,7 @@ pub struct Transfer {
     options: TransferOptions,
     store: Arc<Store>,
     uploads: Semaphore,
+    local: std::sync::OnceLock<Arc<dyn LocalBlobs>>,
 }
 
 /// LAN bulk transfer: quinn's defaults (1.25 MB stream window) are sized for the
@@ -103,17 +148,28 @@ fn binding(conn: &Connection) -> Result<[u8; 32], NetError> {
 
 /// Reads one frame, refusing oversized lengths before reading the body.
 async fn read_message(recv: &mut RecvStream) -> Result<Message, NetError> {
+    read_message_or_end(recv)
+        .await?
+        .ok_or_else(|| NetError::Connection("stream ended before a frame".into()))
+}
+
+/// Like [`read_message`], but `None` when the peer finished the stream between frames.
+async fn read_message_or_end(recv: &mut RecvStream) -> Result<Option<Message>, NetError> {
     let mut len = [0u8; wire::LENGTH_PREFIX];
-    recv.read_exact(&mut len)
-        .await
-        .map_err(|e| NetError::Connection(format!("reading frame length: {e}")))?;
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(NetError::Connection(format!("reading frame length: {e}"))),
+    }
     let len = u32::from_be_bytes(len);
     wire::check_length(len).map_err(|e| NetError::Protocol(e.to_string()))?;
     let mut body = vec![0u8; len as usize];
     recv.read_exact(&mut body)
         .await
         .map_err(|e| NetError::Connection(format!("reading frame: {e}")))?;
-    Message::decode_frame(&body).map_err(|e| NetError::Protocol(e.to_string()))
+    Message::decode_frame(&body)
+        .map(Some)
+        .map_err(|e| NetError::Protocol(e.to_string()))
 }
 
 async fn write_message(send: &mut SendStream, msg: &Message) -> Result<(), NetError> {
@@ -146,10 +202,16 @@ impl Transfer {
             options,
             store,
             uploads,
+            local: std::sync::OnceLock::new(),
         });
         let serving = transfer.clone();
         tokio::spawn(async move { serving.accept_loop().await });
         Ok(transfer)
+    }
+
+    /// Lets peers see running downloads (set once, after the downloads registry exists).
+    pub fn set_local_blobs(&self, local: Arc<dyn LocalBlobs>) {
+        let _ = self.local.set(local);
     }
 
     /// The bound address.
@@ -302,7 +364,10 @@ impl Transfer {
                     return Ok(());
                 }
             };
-            if let Err(e) = self.serve_stream(send, recv).await {
+            if let Err(e) = self
+                .serve_stream(remote, conn.remote_address(), send, recv)
+                .await
+            {
                 if matches!(e, NetError::Protocol(_)) {
                     conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed message");
                     return Err(e);
@@ -314,12 +379,29 @@ impl Transfer {
 
     async fn serve_stream(
         &self,
+        remote: PeerId,
+        addr: SocketAddr,
         mut send: SendStream,
         mut recv: RecvStream,
     ) -> Result<(), NetError> {
         let reply = match read_message(&mut recv).await? {
             Message::Request { digest, chunk } => {
                 return self.serve_chunk(send, digest, chunk).await
+            }
+            Message::HaveMap {
+                digest,
+                layout,
+                bitfield,
+            } => {
+                let link = Box::new(PeerLink {
+                    peer: remote,
+                    addr,
+                    layout,
+                    bitfield,
+                    send,
+                    recv,
+                });
+                return self.serve_interest(digest, link).await;
             }
             Message::IndexRequest { digest } => match self.store.get(&digest) {
                 Ok(Some(record)) => Message::Index {
@@ -344,6 +426,50 @@ impl Transfer {
         Ok(())
     }
 
+    async fn serve_interest(
+        &self,
+        digest: Digest,
+        mut link: Box<PeerLink>,
+    ) -> Result<(), NetError> {
+        if let Some(local) = self.local.get() {
+            if let Some((layout, bitfield)) = local.have_map(&digest) {
+                let map = Message::HaveMap {
+                    digest,
+                    layout,
+                    bitfield,
+                };
+                link.send(&map).await?;
+                // The download may have ended in between: then answer as below.
+                link = match local.attach(digest, link) {
+                    Ok(()) => return Ok(()),
+                    Err(link) => link,
+                };
+            }
+        }
+        let reply = match self.store.get(&digest) {
+            Ok(Some(record)) => {
+                let layout = record.chunks.layout;
+                let mut bitfield = wire::bitfield::new(layout.count());
+                for i in 0..layout.count() {
+                    wire::bitfield::set(&mut bitfield, i);
+                }
+                Message::HaveMap {
+                    digest,
+                    layout: Some(layout),
+                    bitfield,
+                }
+            }
+            _ => Message::Reject {
+                digest,
+                chunk: u32::MAX,
+                reason: RejectReason::NotPresent,
+            },
+        };
+        link.send(&reply).await?;
+        let _ = link.send.finish();
+        Ok(())
+    }
+
     async fn serve_chunk(
         &self,
         mut send: SendStream,
@@ -361,8 +487,11 @@ impl Transfer {
             return Ok(());
         };
         let store = self.store.clone();
+        let local = self.local.get().cloned();
         let bytes = tokio::task::spawn_blocking(move || -> Option<Vec<u8>> {
-            let (record, file) = store.open_blob(&digest).ok()??;
+            let Some((record, file)) = store.open_blob(&digest).ok().flatten() else {
+                return local?.read_chunk(&digest, chunk);
+            };
             let range = record.chunks.layout.range(chunk)?;
             let mut buf = vec![0u8; (range.end - range.start) as usize];
             file.read_exact_at(&mut buf, range.start).ok()?;
@@ -370,6 +499,8 @@ impl Transfer {
         })
         .await
         .map_err(|e| NetError::Connection(e.to_string()))?;
+        #[cfg(feature = "fault-injection")]
+        let bytes = bytes.map(fault::corrupt);
         let Some(bytes) = bytes else {
             write_message(&mut send, &reject(RejectReason::NotPresent)).await?;
             let _ = send.finish();
@@ -446,6 +577,50 @@ impl PeerConnection {
         }
     }
 
+    /// Opens an interest link about `digest`, sending our layout and have-map.
+    /// `Err(Rejected(NotPresent))` when the peer neither holds nor wants the blob.
+    pub async fn subscribe(
+        &self,
+        digest: Digest,
+        layout: Option<ChunkLayout>,
+        bitfield: Vec<u8>,
+    ) -> Result<PeerLink, NetError> {
+        let (mut send, mut recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        let map = Message::HaveMap {
+            digest,
+            layout,
+            bitfield,
+        };
+        write_message(&mut send, &map).await?;
+        match read_message(&mut recv).await? {
+            Message::HaveMap {
+                digest: d,
+                layout,
+                bitfield,
+            } if d == digest => Ok(PeerLink {
+                peer: self.remote,
+                addr: self.conn.remote_address(),
+                layout,
+                bitfield,
+                send,
+                recv,
+            }),
+            Message::Reject { reason, .. } => Err(NetError::Rejected(reason)),
+            other => Err(NetError::Protocol(format!(
+                "unexpected answer to a have-map: {other:?}"
+            ))),
+        }
+    }
+
+    /// Whether the connection is closed (the peer went away).
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
     /// Fetches the chunk index of a blob the peer holds complete.
     pub async fn fetch_index(&self, digest: Digest) -> Result<ChunkIndex, NetError> {
         match self.request(&Message::IndexRequest { digest }).await? {
@@ -475,6 +650,20 @@ impl PeerConnection {
         // Give the server a moment to read it before the stream is dropped.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.closed()).await;
         Ok(())
+    }
+}
+
+/// Test-only misbehaviour, compiled in only with the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
+mod fault {
+    /// With `SHOAL_FAULT_CORRUPT_CHUNKS=1`, every served chunk has its first byte flipped.
+    pub(super) fn corrupt(mut bytes: Vec<u8>) -> Vec<u8> {
+        if std::env::var_os("SHOAL_FAULT_CORRUPT_CHUNKS").is_some_and(|v| v == "1") {
+            if let Some(b) = bytes.first_mut() {
+                *b ^= 0xff;
+            }
+        }
+        bytes
     }
 }
 

@@ -136,6 +136,9 @@ impl StoreError {
 /// Result alias for store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Told of each blob the store evicts or removes.
+pub type RemoveHook = Box<dyn Fn(&Digest) + Send + Sync>;
+
 /// The content store. Cheap to share behind an `Arc`.
 pub struct Store {
     root: PathBuf,
@@ -144,6 +147,8 @@ pub struct Store {
     index: index::Index,
     /// Serialises space accounting so two ingests cannot both claim the last bytes.
     space: Mutex<Space>,
+    /// Told of every eviction and removal (the swarm stops advertising the blob).
+    on_remove: std::sync::OnceLock<RemoveHook>,
 }
 
 #[derive(Default)]
@@ -168,6 +173,7 @@ impl Store {
             quota,
             index,
             space: Mutex::new(Space::default()),
+            on_remove: std::sync::OnceLock::new(),
         };
         let used = reconcile::reconcile(&store)?;
         store.lock_space().used = used;
@@ -283,6 +289,9 @@ impl Store {
         };
         self.remove_committed(&record)?;
         self.release(record.size());
+        if let Some(notify) = self.on_remove.get() {
+            notify(digest);
+        }
         Ok(true)
     }
 
@@ -299,6 +308,11 @@ impl Store {
     /// All committed records (for inspection and tests).
     pub fn list(&self) -> Result<Vec<BlobRecord>> {
         self.index.blobs()
+    }
+
+    /// Sets the function told of each blob the store evicts or removes (set once).
+    pub fn set_on_remove(&self, notify: RemoveHook) {
+        let _ = self.on_remove.set(notify);
     }
 
     /// Reserves `needed` bytes, evicting LRU unpinned blobs when over quota.
@@ -319,6 +333,9 @@ impl Store {
                 continue;
             }
             self.remove_committed(&record)?;
+            if let Some(notify) = self.on_remove.get() {
+                notify(&digest);
+            }
             space.used = space.used.saturating_sub(record.size());
             tracing::info!(digest = %digest, size = record.size(), "evicted least recently used blob");
         }

@@ -6,12 +6,15 @@
 //! A download runs in its own task: a client that disconnects stops reading, not
 //! fetching.
 //!
-//! Today the only source is the origin ([`crate::upstream`]); the peer swarm
-//! (issue 3) plugs in here as another source of chunks for the same staging file.
-//! Its decision-making core, [`scheduler`], is a sans-IO state machine that is
-//! written and tested but not yet driven by the daemon.
+//! Without peer networking a download streams the blob from the origin
+//! ([`fetch`], resuming with `Range`). With it, [`driver`] runs the sans-IO
+//! [`scheduler`] over peers found by [`crate::net::discovery`] and chunk-sized ranged
+//! GETs at the origin; [`partial`] lets peers fetch the chunks a running download has.
 
+mod driver;
 mod fetch;
+mod links;
+mod partial;
 mod reader;
 pub mod scheduler;
 
@@ -41,6 +44,13 @@ pub enum DownloadError {
     /// A background task died.
     #[error("download task failed: {0}")]
     Task(String),
+    /// The swarm scheduler gave up (origin failing, nobody has the chunks).
+    #[error("swarm download failed: {0}")]
+    Swarm(String),
+    /// The blob failed its sha256 after taking chunks from peers that could not be
+    /// checked one by one; it is fetched again from the origin alone.
+    #[error("{0} failed sha256 after a download from peers; refetching from the origin")]
+    CorruptFromPeers(Digest),
 }
 
 /// What readers see of a download.
@@ -98,21 +108,54 @@ pub(crate) struct Context {
     pub(crate) metrics: Arc<Metrics>,
 }
 
+/// The node's peer networking, as downloads use it.
+pub struct PeerNetwork {
+    /// The chunk-transfer endpoint.
+    pub transfer: Arc<crate::net::transfer::Transfer>,
+    /// Provider discovery.
+    pub discovery: Arc<crate::net::discovery::Discovery>,
+}
+
 /// The registry of running downloads.
 pub struct Downloads {
     ctx: Arc<Context>,
+    swarm: Option<Arc<driver::PeerSwarm>>,
     running: Arc<Mutex<HashMap<Digest, Arc<Download>>>>,
 }
 
 impl Downloads {
-    /// A registry fetching from `upstream` into `store`.
-    pub fn new(store: Arc<Store>, upstream: Arc<Upstream>, metrics: Arc<Metrics>) -> Downloads {
+    /// A registry fetching from `upstream` into `store`, and from peers with `network`.
+    pub fn new(
+        store: Arc<Store>,
+        upstream: Arc<Upstream>,
+        metrics: Arc<Metrics>,
+        network: Option<PeerNetwork>,
+    ) -> Downloads {
+        let swarm = network.map(|n| {
+            let partials = Arc::new(partial::Partials::default());
+            n.transfer.set_local_blobs(partials.clone());
+            let discovery = n.discovery.clone();
+            store.set_on_remove(Box::new(move |d| discovery.stop_providing(*d)));
+            if let Ok(blobs) = store.list() {
+                for b in blobs {
+                    n.discovery.provide(b.digest);
+                }
+            }
+            Arc::new(driver::PeerSwarm {
+                me: links::node_id(&n.transfer.peer_id()),
+                transfer: n.transfer,
+                discovery: n.discovery,
+                partials,
+                config: scheduler::Config::default(),
+            })
+        });
         Downloads {
             ctx: Arc::new(Context {
                 store,
                 upstream,
                 metrics,
             }),
+            swarm,
             running: Arc::default(),
         }
     }
@@ -123,6 +166,16 @@ impl Downloads {
         digest: Digest,
         target: &Target,
         client_auth: Option<HeaderValue>,
+    ) -> Arc<Download> {
+        self.start(digest, target, client_auth, false)
+    }
+
+    fn start(
+        &self,
+        digest: Digest,
+        target: &Target,
+        client_auth: Option<HeaderValue>,
+        origin_only: bool,
     ) -> Arc<Download> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(d) = running.get(&digest) {
@@ -137,21 +190,41 @@ impl Downloads {
         let ctx = self.ctx.clone();
         let registry = self.running.clone();
         let target = target.clone();
+        let swarm = self.swarm.clone().filter(|_| !origin_only);
+        let this = self.clone_handle();
         tokio::spawn(async move {
             let tx = Arc::new(tx);
-            let result = fetch::run(&ctx, digest, &target, client_auth, &tx).await;
+            let result = match &swarm {
+                Some(swarm) => {
+                    driver::run(&ctx, swarm, digest, &target, client_auth.clone(), &tx).await
+                }
+                None => fetch::run(&ctx, digest, &target, client_auth.clone(), &tx).await,
+            };
             if let Err(e) = &result {
                 tracing::warn!(digest = %digest, error = %e, "download failed");
             }
+            let refetch = matches!(result, Err(DownloadError::CorruptFromPeers(_)));
             // Leave the registry before publishing the outcome: a request that arrives
             // after this sees the committed blob in the store, or starts afresh.
             registry
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&digest);
+            // Readers of the bad attempt are aborted; a new one fetches from the origin.
             tx.send_modify(|p| p.outcome = Some(result.map_err(Arc::new)));
+            if refetch {
+                this.start(digest, &target, client_auth, true);
+            }
         });
         download
+    }
+
+    fn clone_handle(&self) -> Downloads {
+        Downloads {
+            ctx: self.ctx.clone(),
+            swarm: self.swarm.clone(),
+            running: self.running.clone(),
+        }
     }
 
     /// Size of a running download, if one runs and its size is known.

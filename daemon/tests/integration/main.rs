@@ -10,3 +10,4 @@ mod crash;
 mod mirror_protocol;
 mod peers;
 mod shared_download;
+mod swarm;

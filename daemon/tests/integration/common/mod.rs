@@ -8,6 +8,7 @@ pub mod oci;
 pub mod proxy;
 pub mod registry;
 pub mod shoald;
+pub mod swarm;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

@@ -1,0 +1,663 @@
+//! Drives the [`scheduler`](super::scheduler) for one blob with real peers and the origin.
+//!
+//! 1. Advertise interest (a partial provider) and look up providers of the blob.
+//! 2. Link to each: an interest stream on an authenticated transfer connection, over
+//!    which both sides send have-maps and have announcements.
+//! 3. With nobody holding the blob yet, wait one settle period and look again, so nodes
+//!    of a cold start see each other before any of them goes to the origin.
+//! 4. Size the blob from a peer's layout (or a HEAD at the origin), get the chunk index
+//!    from a complete peer, open the staging file and run the scheduler: chunk requests
+//!    to peers and ranged GETs to the origin, each written (and checked against the
+//!    index) by one writer thread, which also advances the in-order readable prefix.
+//! 5. Commit: the store checks the sha256. A blob that fails it after taking unverified
+//!    chunks from peers is reported as [`DownloadError::CorruptFromPeers`]; the caller
+//!    aborts local readers and fetches it again from the origin alone.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use shoal_proto::wire::Message;
+use shoal_proto::{ChunkHash, ChunkIndex, ChunkLayout, Digest};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+use tracing::Instrument as _;
+
+use super::links::{self, LinkUpdate};
+use super::partial::{PartialBlob, Partials};
+use super::scheduler::{self, Action, Event, NodeId, Scheduler, Source};
+use super::{Context, DownloadError, Progress};
+use crate::net::discovery::{Discovery, Provider};
+use crate::net::transfer::{PeerConnection, PeerLink, Transfer};
+use crate::store::{Ingest, StoreError};
+use crate::upstream::Target;
+
+/// How long nodes of a cold start wait to see each other before using the origin.
+const SETTLE: Duration = Duration::from_millis(1200);
+/// How often providers are looked up again during a download (new nodes, late starters).
+const REDISCOVER: Duration = Duration::from_secs(3);
+/// Scheduler clock resolution (timeouts, grace periods).
+const TICK: Duration = Duration::from_millis(200);
+
+/// The node's peer-to-peer side, shared by all downloads.
+pub(crate) struct PeerSwarm {
+    pub(crate) transfer: Arc<Transfer>,
+    pub(crate) discovery: Arc<Discovery>,
+    pub(crate) partials: Arc<Partials>,
+    pub(crate) me: NodeId,
+    pub(crate) config: scheduler::Config,
+}
+
+/// How one chunk fetch ended.
+enum Fetched {
+    Written,
+    Invalid,
+    Failed(String),
+    Store(StoreError),
+}
+
+enum Input {
+    /// A new link with a connection usable for requests.
+    Linked(Arc<PeerConnection>, PeerLink),
+    Fetched {
+        source: Source,
+        chunk: u32,
+        outcome: Fetched,
+    },
+}
+
+struct WriteJob {
+    chunk: u32,
+    bytes: Bytes,
+    expected: Option<ChunkHash>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+struct Peer {
+    conn: Arc<PeerConnection>,
+    writers: Vec<mpsc::UnboundedSender<Message>>,
+}
+
+/// Removes the download from the registry peers see, however it ends.
+struct Registered<'a>(&'a Partials, Digest);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.unregister(&self.1);
+    }
+}
+
+pub(super) async fn run(
+    ctx: &Arc<Context>,
+    swarm: &Arc<PeerSwarm>,
+    digest: Digest,
+    target: &Target,
+    client_auth: Option<HeaderValue>,
+    tx: &Arc<watch::Sender<Progress>>,
+) -> Result<(), DownloadError> {
+    let span = tracing::info_span!("swarm_download", %digest, upstream = %target.host, repo = %target.repo);
+    async move {
+        if let Some((record, file)) = ctx.store.open_blob(&digest)? {
+            tx.send_modify(|p| {
+                p.size = Some(record.size());
+                p.available = record.size();
+                p.file = Some(Arc::new(file));
+            });
+            return Ok(());
+        }
+        let (partial, inbound) = swarm.partials.register(digest);
+        let _registered = Registered(&swarm.partials, digest);
+        swarm.discovery.provide(digest);
+        let mut run = Run {
+            ctx: ctx.clone(),
+            swarm: swarm.clone(),
+            digest,
+            target: target.clone(),
+            client_auth,
+            tx: tx.clone(),
+            partial,
+            inbound,
+            peers: HashMap::new(),
+            banned: HashSet::new(),
+            in_flight: HashMap::new(),
+            from_peers_unverified: false,
+        };
+        let result = run.drive().await;
+        if result.is_err() {
+            swarm.discovery.stop_providing(digest);
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+struct Run {
+    ctx: Arc<Context>,
+    swarm: Arc<PeerSwarm>,
+    digest: Digest,
+    target: Target,
+    client_auth: Option<HeaderValue>,
+    tx: Arc<watch::Sender<Progress>>,
+    partial: Arc<PartialBlob>,
+    inbound: mpsc::UnboundedReceiver<Box<PeerLink>>,
+    peers: HashMap<NodeId, Peer>,
+    banned: HashSet<NodeId>,
+    in_flight: HashMap<(Source, u32), AbortHandle>,
+    /// Whether chunks came from peers without a chunk index to check them against.
+    from_peers_unverified: bool,
+}
+
+impl Run {
+    async fn drive(&mut self) -> Result<(), DownloadError> {
+        let started = Instant::now();
+        let mut linked = self.link_new(HashSet::new()).await;
+        let anyone_complete =
+            |l: &[(Arc<PeerConnection>, PeerLink)]| l.iter().any(|(_, link)| is_complete(link));
+        if !anyone_complete(&linked) && !self.swarm.discovery.peers().await.is_empty() {
+            tokio::time::sleep(SETTLE).await;
+            let known = linked.iter().map(|(c, _)| c.remote).collect();
+            linked.extend(self.link_new(known).await);
+        }
+        while let Ok(link) = self.inbound.try_recv() {
+            if let Some(l) = dial_back(&self.swarm.transfer, link).await {
+                linked.push(l);
+            }
+        }
+
+        let layout = self.layout(&linked).await?;
+        let index = self.index(&linked, &layout).await;
+        let store = self.ctx.store.clone();
+        let digest = self.digest;
+        let ingest =
+            tokio::task::spawn_blocking(move || store.begin_ingest(digest, layout.size, None))
+                .await
+                .map_err(|e| DownloadError::Task(e.to_string()))??;
+        let resumed = ingest.offset();
+        let file = Arc::new(ingest.staging_file()?);
+        self.partial.set_layout(layout, file.clone());
+        let mut sched = Scheduler::new(
+            self.swarm.me,
+            layout,
+            index.is_some(),
+            self.swarm.config.clone(),
+        );
+        for chunk in ingest.present_chunks() {
+            sched.mark_present(chunk);
+            self.partial.set_present(chunk);
+        }
+        self.tx.send_modify(|p| {
+            p.size = Some(layout.size);
+            p.available = resumed;
+            p.file = Some(file);
+        });
+        tracing::info!(
+            size = layout.size,
+            chunks = layout.count(),
+            peers = linked.len(),
+            indexed = index.is_some(),
+            present = sched.present(),
+            "swarm download starting"
+        );
+
+        let (writes, writer) = spawn_writer(ingest, self.partial.clone(), self.tx.clone());
+        let (inputs_tx, mut inputs) = mpsc::unbounded_channel::<Input>();
+        let (updates_tx, mut updates) = mpsc::unbounded_channel::<LinkUpdate>();
+        let index = index.map(Arc::new);
+        let now = || started.elapsed();
+
+        let mut first = Vec::new();
+        for (conn, link) in linked {
+            first.extend(self.add_link(conn, link, &layout, &updates_tx));
+        }
+        let mut pending = sched.handle_batch(now(), first);
+        let mut tick = tokio::time::interval(TICK);
+        let mut rediscover =
+            tokio::time::interval_at(tokio::time::Instant::now() + REDISCOVER, REDISCOVER);
+        loop {
+            for action in std::mem::take(&mut pending) {
+                match action {
+                    Action::Request { source, chunk } => {
+                        if let Err(event) =
+                            self.request(source, chunk, &layout, &index, &writes, &inputs_tx)
+                        {
+                            pending.extend(sched.handle(now(), event));
+                        }
+                    }
+                    Action::Cancel { source, chunk } => {
+                        if let Some(h) = self.in_flight.remove(&(source, chunk)) {
+                            h.abort();
+                        }
+                    }
+                    Action::Ban { peer, .. } => {
+                        tracing::warn!(peer = ?peer, "peer sent a chunk that fails the chunk index; banned");
+                        self.banned.insert(peer);
+                        self.peers.remove(&peer);
+                    }
+                    Action::Announce { chunk } => {
+                        let have = Message::Have {
+                            digest: self.digest,
+                            chunk,
+                        };
+                        for p in self.peers.values_mut() {
+                            p.writers.retain(|w| w.send(have.clone()).is_ok());
+                        }
+                    }
+                    Action::Complete => {
+                        for (_, h) in self.in_flight.drain() {
+                            h.abort();
+                        }
+                        drop(writes);
+                        return self.commit(writer, started, resumed).await;
+                    }
+                    Action::Abort { reason } => {
+                        return Err(DownloadError::Swarm(reason));
+                    }
+                }
+            }
+            let event = tokio::select! {
+                Some(input) = inputs.recv() => match input {
+                    Input::Linked(conn, link) => {
+                        let events = self.add_link(conn, link, &layout, &updates_tx);
+                        pending.extend(sched.handle_batch(now(), events));
+                        continue;
+                    }
+                    Input::Fetched { source, chunk, outcome } => {
+                        self.in_flight.remove(&(source, chunk));
+                        match outcome {
+                            Fetched::Written => {
+                                if let Source::Peer(_) = source {
+                                    self.from_peers_unverified |= index.is_none();
+                                }
+                                Event::ChunkArrived { source, chunk, valid: true }
+                            }
+                            Fetched::Invalid => {
+                                self.ctx.metrics.peer_bad_chunks.inc();
+                                Event::ChunkArrived { source, chunk, valid: false }
+                            }
+                            Fetched::Failed(why) => {
+                                tracing::debug!(?source, chunk, error = %why, "chunk request failed");
+                                if let Source::Peer(p) = source {
+                                    if self.peers.get(&p).is_some_and(|p| p.conn.is_closed()) {
+                                        self.peers.remove(&p);
+                                        pending.extend(sched.handle(now(), Event::PeerGone { peer: p }));
+                                    }
+                                }
+                                Event::RequestFailed { source, chunk }
+                            }
+                            Fetched::Store(e) => return Err(e.into()),
+                        }
+                    }
+                },
+                Some(update) = updates.recv() => match update {
+                    LinkUpdate::Map { peer, layout: theirs, bitfield } => {
+                        match links::bitfield_event(peer, &layout, theirs, &bitfield) {
+                            Some(e) if self.peers.contains_key(&peer) => e,
+                            _ => continue,
+                        }
+                    }
+                    LinkUpdate::Have { peer, chunk } => Event::PeerHave { peer, chunk },
+                    LinkUpdate::Closed { peer } => {
+                        if self.peers.remove(&peer).is_none() {
+                            continue;
+                        }
+                        Event::PeerGone { peer }
+                    }
+                },
+                Some(link) = self.inbound.recv() => {
+                    self.spawn_dial_back(link, &inputs_tx);
+                    continue;
+                }
+                _ = rediscover.tick() => {
+                    self.spawn_rediscover(&inputs_tx);
+                    continue;
+                }
+                _ = tick.tick() => Event::Tick,
+            };
+            pending.extend(sched.handle(now(), event));
+        }
+    }
+
+    /// Links every provider not in `known`, in parallel.
+    async fn link_new(
+        &self,
+        known: HashSet<libp2p_identity::PeerId>,
+    ) -> Vec<(Arc<PeerConnection>, PeerLink)> {
+        let providers = self.swarm.discovery.find_providers(self.digest).await;
+        link_all(
+            &self.swarm.transfer,
+            providers,
+            known,
+            self.digest,
+            self.partial.snapshot(),
+        )
+        .await
+    }
+
+    fn spawn_dial_back(&self, link: Box<PeerLink>, inputs: &mpsc::UnboundedSender<Input>) {
+        if self.banned.contains(&links::node_id(&link.peer)) {
+            return;
+        }
+        let transfer = self.swarm.transfer.clone();
+        let inputs = inputs.clone();
+        tokio::spawn(async move {
+            if let Some((conn, link)) = dial_back(&transfer, link).await {
+                let _ = inputs.send(Input::Linked(conn, link));
+            }
+        });
+    }
+
+    fn spawn_rediscover(&self, inputs: &mpsc::UnboundedSender<Input>) {
+        let known: HashSet<_> = self.peers.values().map(|p| p.conn.remote).collect();
+        let (transfer, discovery) = (self.swarm.transfer.clone(), self.swarm.discovery.clone());
+        let (digest, ours, inputs) = (self.digest, self.partial.snapshot(), inputs.clone());
+        tokio::spawn(async move {
+            let providers = discovery.find_providers(digest).await;
+            for (conn, link) in link_all(&transfer, providers, known, digest, ours).await {
+                let _ = inputs.send(Input::Linked(conn, link));
+            }
+        });
+    }
+
+    /// Registers a link: reader and writer tasks, our current have-map, and the
+    /// scheduler event for theirs.
+    fn add_link(
+        &mut self,
+        conn: Arc<PeerConnection>,
+        link: PeerLink,
+        layout: &ChunkLayout,
+        updates: &mpsc::UnboundedSender<LinkUpdate>,
+    ) -> Option<Event> {
+        let id = links::node_id(&link.peer);
+        if self.banned.contains(&id) || link.peer == self.swarm.discovery.local_peer {
+            return None;
+        }
+        let PeerLink {
+            layout: theirs,
+            bitfield,
+            send,
+            recv,
+            ..
+        } = link;
+        links::spawn_reader(id, self.digest, recv, updates.clone());
+        let writer = links::spawn_writer(send);
+        let (our_layout, our_bits) = self.partial.snapshot();
+        let _ = writer.send(Message::HaveMap {
+            digest: self.digest,
+            layout: our_layout,
+            bitfield: our_bits,
+        });
+        let event = links::bitfield_event(id, layout, theirs, &bitfield);
+        if event.is_none() {
+            tracing::warn!(peer = %conn.remote, "peer chunks this blob differently; not using it");
+            return None;
+        }
+        tracing::debug!(peer = %conn.remote, "linked");
+        let entry = self.peers.entry(id).or_insert(Peer {
+            conn,
+            writers: Vec::new(),
+        });
+        entry.writers.push(writer);
+        event
+    }
+
+    /// Size and chunking: from a resumed partial, a peer, or the origin.
+    async fn layout(
+        &self,
+        linked: &[(Arc<PeerConnection>, PeerLink)],
+    ) -> Result<ChunkLayout, DownloadError> {
+        let chunk_size = self.ctx.store.chunk_size();
+        if let Some(size) = self.ctx.store.partial_size(&self.digest)? {
+            return Ok(ChunkLayout::new(size, chunk_size));
+        }
+        if let Some(l) = linked
+            .iter()
+            .filter_map(|(_, link)| link.layout)
+            .find(|l| l.chunk_size == chunk_size)
+        {
+            return Ok(l);
+        }
+        let size = links::origin_size(
+            &self.ctx,
+            &self.target,
+            self.client_auth.clone(),
+            self.digest,
+        )
+        .await?;
+        Ok(ChunkLayout::new(size, chunk_size))
+    }
+
+    /// The chunk index, from the first complete peer that gives a consistent one.
+    async fn index(
+        &self,
+        linked: &[(Arc<PeerConnection>, PeerLink)],
+        layout: &ChunkLayout,
+    ) -> Option<ChunkIndex> {
+        for (conn, link) in linked.iter().filter(|(_, l)| is_complete(l)) {
+            match conn.fetch_index(self.digest).await {
+                Ok(index) if index.layout == *layout => return Some(index),
+                Ok(_) => {
+                    tracing::warn!(peer = %conn.remote, "peer's chunk index disagrees with its have-map")
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %link.peer, error = %e, "no chunk index from peer")
+                }
+            }
+        }
+        None
+    }
+
+    /// Starts one chunk request; `Err` is the event to feed back when it cannot start.
+    fn request(
+        &mut self,
+        source: Source,
+        chunk: u32,
+        layout: &ChunkLayout,
+        index: &Option<Arc<ChunkIndex>>,
+        writes: &mpsc::Sender<WriteJob>,
+        inputs: &mpsc::UnboundedSender<Input>,
+    ) -> Result<(), Event> {
+        let Some(range) = layout.range(chunk) else {
+            return Err(Event::RequestFailed { source, chunk });
+        };
+        let expected = index
+            .as_ref()
+            .and_then(|i| i.hashes.get(chunk as usize).copied());
+        let (digest, writes, inputs) = (self.digest, writes.clone(), inputs.clone());
+        let len = (range.end - range.start) as u32;
+        let handle = match source {
+            Source::Peer(p) => {
+                let Some(peer) = self.peers.get(&p) else {
+                    return Err(Event::PeerGone { peer: p });
+                };
+                let conn = peer.conn.clone();
+                let metrics = self.ctx.metrics.clone();
+                tokio::spawn(async move {
+                    let outcome = match conn.fetch_chunk(digest, chunk, len).await {
+                        Ok(bytes) if bytes.len() as u32 == len => {
+                            metrics.peer_bytes.inc_by(bytes.len() as u64);
+                            write(&writes, chunk, bytes, expected).await
+                        }
+                        Ok(bytes) => {
+                            Fetched::Failed(format!("peer sent {} of {len} bytes", bytes.len()))
+                        }
+                        Err(e) => Fetched::Failed(e.to_string()),
+                    };
+                    let _ = inputs.send(Input::Fetched {
+                        source,
+                        chunk,
+                        outcome,
+                    });
+                })
+            }
+            Source::Origin => {
+                let (ctx, target, auth) = (
+                    self.ctx.clone(),
+                    self.target.clone(),
+                    self.client_auth.clone(),
+                );
+                tokio::spawn(async move {
+                    let outcome =
+                        match links::fetch_origin_range(&ctx, &target, auth, digest, range).await {
+                            // A mismatch against the index here means the origin (or the
+                            // index) is wrong; the final sha256 decides.
+                            Ok(bytes) => match write(&writes, chunk, bytes, None).await {
+                                Fetched::Invalid => {
+                                    Fetched::Failed("origin bytes fail the chunk index".into())
+                                }
+                                other => other,
+                            },
+                            Err(e) => Fetched::Failed(e.to_string()),
+                        };
+                    let _ = inputs.send(Input::Fetched {
+                        source,
+                        chunk,
+                        outcome,
+                    });
+                })
+            }
+        };
+        self.in_flight
+            .insert((source, chunk), handle.abort_handle());
+        Ok(())
+    }
+
+    async fn commit(
+        &self,
+        writer: tokio::task::JoinHandle<Result<Ingest, DownloadError>>,
+        started: Instant,
+        resumed: u64,
+    ) -> Result<(), DownloadError> {
+        let ingest = writer
+            .await
+            .map_err(|e| DownloadError::Task(e.to_string()))??;
+        let committed = tokio::task::spawn_blocking(move || ingest.commit())
+            .await
+            .map_err(|e| DownloadError::Task(e.to_string()))?;
+        match committed {
+            Ok(record) => {
+                tracing::info!(
+                    size = record.size(),
+                    resumed_bytes = resumed,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "blob committed"
+                );
+                Ok(())
+            }
+            Err(StoreError::DigestMismatch { .. }) if self.from_peers_unverified => {
+                Err(DownloadError::CorruptFromPeers(self.digest))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn is_complete(link: &PeerLink) -> bool {
+    link.layout.is_some_and(|l| {
+        (0..l.count()).all(|i| shoal_proto::wire::bitfield::get(&link.bitfield, i))
+    })
+}
+
+async fn link_all(
+    transfer: &Arc<Transfer>,
+    providers: Vec<Provider>,
+    known: HashSet<libp2p_identity::PeerId>,
+    digest: Digest,
+    ours: (Option<ChunkLayout>, Vec<u8>),
+) -> Vec<(Arc<PeerConnection>, PeerLink)> {
+    let attempts = providers
+        .into_iter()
+        .filter(|p| !known.contains(&p.peer))
+        .map(|p| {
+            let ours = ours.clone();
+            async move {
+                match links::link_provider(transfer, &p, digest, ours).await {
+                    Ok(linked) => linked,
+                    Err(e) => {
+                        tracing::info!(peer = %p.peer, addr = %p.transfer, error = %e, "cannot use provider");
+                        None
+                    }
+                }
+            }
+        });
+    futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// A peer linked to us: connect back to it to be able to send requests.
+async fn dial_back(
+    transfer: &Transfer,
+    link: Box<PeerLink>,
+) -> Option<(Arc<PeerConnection>, PeerLink)> {
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        transfer.connect(link.addr, Some(link.peer)),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => Some((Arc::new(conn), *link)),
+        Ok(Err(e)) => {
+            tracing::info!(peer = %link.peer, error = %e, "cannot connect back to interested peer");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+async fn write(
+    writes: &mpsc::Sender<WriteJob>,
+    chunk: u32,
+    bytes: Bytes,
+    expected: Option<ChunkHash>,
+) -> Fetched {
+    let (done, result) = oneshot::channel();
+    let job = WriteJob {
+        chunk,
+        bytes,
+        expected,
+        done,
+    };
+    if writes.send(job).await.is_err() {
+        return Fetched::Failed("download finished".into());
+    }
+    match result.await {
+        Ok(Ok(())) => Fetched::Written,
+        Ok(Err(StoreError::ChunkMismatch { .. })) => Fetched::Invalid,
+        Ok(Err(e)) => Fetched::Store(e),
+        Err(_) => Fetched::Failed("writer stopped".into()),
+    }
+}
+
+/// One thread writes (and hashes) every chunk, in arrival order.
+fn spawn_writer(
+    mut ingest: Ingest,
+    partial: Arc<PartialBlob>,
+    tx: Arc<watch::Sender<Progress>>,
+) -> (
+    mpsc::Sender<WriteJob>,
+    tokio::task::JoinHandle<Result<Ingest, DownloadError>>,
+) {
+    let (jobs, mut rx) = mpsc::channel::<WriteJob>(16);
+    let handle = tokio::task::spawn_blocking(move || {
+        while let Some(job) = rx.blocking_recv() {
+            let result = ingest.write_chunk(job.chunk, &job.bytes, job.expected.as_ref());
+            match &result {
+                Ok(()) => {
+                    partial.set_present(job.chunk);
+                    let available = ingest.offset();
+                    tx.send_modify(|p| p.available = available);
+                }
+                Err(e) if e.is_out_of_space() => ingest.discard(),
+                Err(_) => {}
+            }
+            let _ = job.done.send(result);
+        }
+        Ok(ingest)
+    });
+    (jobs, handle)
+}

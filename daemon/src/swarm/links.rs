@@ -1,0 +1,252 @@
+//! The I/O around the scheduler: finding and linking peers, fetching one chunk from a
+//! peer or from the origin, and turning link frames into scheduler events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt as _;
+use http::header::{CONTENT_RANGE, RANGE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use libp2p_identity::PeerId;
+use shoal_proto::wire::{bitfield, Message};
+use shoal_proto::{ChunkLayout, Digest};
+use tokio::sync::mpsc;
+
+use super::scheduler::{Event, NodeId};
+use super::Context;
+use crate::net::discovery::Provider;
+use crate::net::transfer::{PeerConnection, PeerLink, Transfer};
+use crate::net::NetError;
+use crate::upstream::{Target, UpstreamError, UpstreamRequest};
+
+/// How long connecting and subscribing to one peer may take.
+const LINK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The scheduler's name for a peer.
+pub(super) fn node_id(peer: &PeerId) -> NodeId {
+    NodeId::from_peer_bytes(&peer.to_bytes())
+}
+
+/// Connects to a provider and opens an interest link about `digest`.
+/// `Ok(None)` when the provider neither holds nor wants the blob (any more).
+pub(super) async fn link_provider(
+    transfer: &Transfer,
+    provider: &Provider,
+    digest: Digest,
+    ours: (Option<ChunkLayout>, Vec<u8>),
+) -> Result<Option<(Arc<PeerConnection>, PeerLink)>, NetError> {
+    let attempt = async {
+        let conn = Arc::new(
+            transfer
+                .connect(provider.transfer, Some(provider.peer))
+                .await?,
+        );
+        match conn.subscribe(digest, ours.0, ours.1).await {
+            Ok(link) => Ok(Some((conn, link))),
+            Err(NetError::Rejected(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    tokio::time::timeout(LINK_TIMEOUT, attempt)
+        .await
+        .map_err(|_| NetError::Connection(format!("peer {} did not answer", provider.peer)))?
+}
+
+/// A peer's have-map as scheduler chunks, when its layout matches ours.
+pub(super) fn bitfield_event(
+    peer: NodeId,
+    ours: &ChunkLayout,
+    theirs: Option<ChunkLayout>,
+    bits: &[u8],
+) -> Option<Event> {
+    let chunks: Vec<bool> = match theirs {
+        None => vec![false; ours.count() as usize],
+        Some(l) if l == *ours => (0..l.count()).map(|i| bitfield::get(bits, i)).collect(),
+        Some(_) => return None, // another chunk size: not usable chunk by chunk
+    };
+    let downloading = !chunks.iter().all(|&c| c);
+    Some(Event::PeerBitfield {
+        peer,
+        chunks,
+        downloading,
+    })
+}
+
+/// What a link's reader reports.
+pub(super) enum LinkUpdate {
+    /// The peer sent its full state again.
+    Map {
+        peer: NodeId,
+        layout: Option<ChunkLayout>,
+        bitfield: Vec<u8>,
+    },
+    /// The peer has one more chunk.
+    Have { peer: NodeId, chunk: u32 },
+    /// The link broke (the peer went away, or sent garbage).
+    Closed { peer: NodeId },
+}
+
+/// Reads a link until it ends. A peer that finishes its side cleanly (a complete
+/// provider with nothing more to announce) is not gone.
+pub(super) fn spawn_reader(
+    peer: NodeId,
+    digest: Digest,
+    mut recv: quinn::RecvStream,
+    updates: mpsc::UnboundedSender<LinkUpdate>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let update = match PeerLink::next(&mut recv).await {
+                Ok(Some(Message::HaveMap {
+                    digest: d,
+                    layout,
+                    bitfield,
+                })) if d == digest => LinkUpdate::Map {
+                    peer,
+                    layout,
+                    bitfield,
+                },
+                Ok(Some(Message::Have { digest: d, chunk })) if d == digest => {
+                    LinkUpdate::Have { peer, chunk }
+                }
+                Ok(None) => return,
+                Ok(Some(other)) => {
+                    tracing::warn!(?other, "unexpected frame on an interest link; dropping it");
+                    let _ = updates.send(LinkUpdate::Closed { peer });
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "interest link closed");
+                    let _ = updates.send(LinkUpdate::Closed { peer });
+                    return;
+                }
+            };
+            if updates.send(update).is_err() {
+                return; // the download is over
+            }
+        }
+    });
+}
+
+/// Writes frames queued for a link; ends when the queue is dropped or the link breaks.
+pub(super) fn spawn_writer(mut send: quinn::SendStream) -> mpsc::UnboundedSender<Message> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if send.write_all(&msg.to_bytes()).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+    tx
+}
+
+/// Fetches bytes `range` of a blob from the origin with one ranged GET.
+pub(super) async fn fetch_origin_range(
+    ctx: &Context,
+    target: &Target,
+    client_auth: Option<HeaderValue>,
+    digest: Digest,
+    range: std::ops::Range<u64>,
+) -> Result<Bytes, UpstreamError> {
+    let protocol = |message: String| UpstreamError::Protocol {
+        host: target.host.clone(),
+        message,
+    };
+    let mut headers = HeaderMap::new();
+    let value = format!("bytes={}-{}", range.start, range.end - 1);
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(RANGE, v);
+    }
+    let req = UpstreamRequest {
+        method: Method::GET,
+        target,
+        path: format!("blobs/{digest}"),
+        query: None,
+        headers,
+        client_auth,
+    };
+    let resp = ctx.upstream.send(&req).await?;
+    // An origin that ignores Range sends the whole blob: skip to the range.
+    let mut skip = match resp.status() {
+        StatusCode::PARTIAL_CONTENT => {
+            let cr = resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if !cr.starts_with(&format!("bytes {}-{}/", range.start, range.end - 1)) {
+                return Err(protocol(format!("asked {value}, got Content-Range {cr:?}")));
+            }
+            0
+        }
+        StatusCode::OK => range.start,
+        status => {
+            return Err(UpstreamError::Status {
+                host: target.host.clone(),
+                status,
+            })
+        }
+    };
+    let want = (range.end - range.start) as usize;
+    let mut out = BytesMut::with_capacity(want);
+    let mut body = resp.bytes_stream();
+    while out.len() < want {
+        let Some(piece) = body.next().await else {
+            break;
+        };
+        let mut piece = piece.map_err(|e| UpstreamError::Unreachable {
+            host: target.host.clone(),
+            message: e.to_string(),
+        })?;
+        if skip > 0 {
+            let n = (skip as usize).min(piece.len());
+            skip -= n as u64;
+            piece = piece.slice(n..);
+        }
+        let take = piece.len().min(want - out.len());
+        ctx.metrics.upstream_bytes.inc_by(take as u64);
+        out.extend_from_slice(&piece[..take]);
+    }
+    if out.len() != want {
+        return Err(protocol(format!(
+            "range {value} ended after {} bytes",
+            out.len()
+        )));
+    }
+    Ok(out.freeze())
+}
+
+/// The blob's size from the origin (HEAD: no body bytes leave the origin).
+pub(super) async fn origin_size(
+    ctx: &Context,
+    target: &Target,
+    client_auth: Option<HeaderValue>,
+    digest: Digest,
+) -> Result<u64, UpstreamError> {
+    let req = UpstreamRequest {
+        method: Method::HEAD,
+        target,
+        path: format!("blobs/{digest}"),
+        query: None,
+        headers: HeaderMap::new(),
+        client_auth,
+    };
+    let resp = ctx.upstream.send(&req).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(UpstreamError::Status {
+            host: target.host.clone(),
+            status: resp.status(),
+        });
+    }
+    resp.headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| UpstreamError::Protocol {
+            host: target.host.clone(),
+            message: "blob HEAD without Content-Length".into(),
+        })
+}
