@@ -143,6 +143,15 @@ pub struct Config {
     #[arg(long, env = "SHOAL_MAX_UPLOADS", value_name = "N", default_value = "8")]
     pub max_uploads: usize,
 
+    /// Upload bandwidth this node gives peers, in bytes per second (e.g. `200MiB`;
+    /// `0` = unlimited).
+    #[arg(long, env = "SHOAL_MAX_UPLOAD_RATE", value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    pub max_upload_rate: u64,
+
+    /// Download bandwidth this node takes from peers, in bytes per second (`0` = unlimited).
+    #[arg(long, env = "SHOAL_MAX_DOWNLOAD_RATE", value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    pub max_download_rate: u64,
+
     /// Retries of a failed upstream request (with exponential backoff) before giving up.
     #[arg(
         long,

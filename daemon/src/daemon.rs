@@ -95,6 +95,8 @@ impl Daemon {
                 let options = crate::net::transfer::TransferOptions {
                     secret,
                     max_uploads: config.max_uploads,
+                    max_upload_rate: config.max_upload_rate,
+                    max_download_rate: config.max_download_rate,
                 };
                 let t = crate::net::transfer::Transfer::bind(
                     addr,

@@ -12,6 +12,7 @@
 
 pub mod discovery;
 pub mod identity;
+pub mod rate;
 pub mod transfer;
 
 /// Networking failures.

@@ -26,6 +26,7 @@ use shoal_proto::wire::{self, Message, RejectReason};
 use shoal_proto::{ChunkIndex, ChunkLayout, Digest};
 use tokio::sync::Semaphore;
 
+use super::rate::RateLimit;
 use super::NetError;
 use crate::store::Store;
 
@@ -47,6 +48,10 @@ pub struct TransferOptions {
     pub secret: Vec<u8>,
     /// Chunk uploads served at once by this node.
     pub max_uploads: usize,
+    /// Bytes per second served to peers (0: unlimited).
+    pub max_upload_rate: u64,
+    /// Bytes per second fetched from peers (0: unlimited).
+    pub max_download_rate: u64,
 }
 
 impl Default for TransferOptions {
@@ -54,6 +59,8 @@ impl Default for TransferOptions {
         TransferOptions {
             secret: Vec::new(),
             max_uploads: 8,
+            max_upload_rate: 0,
+            max_download_rate: 0,
         }
     }
 }
@@ -103,6 +110,8 @@ pub struct Transfer {
     options: TransferOptions,
     store: Arc<Store>,
     uploads: Semaphore,
+    upload_rate: RateLimit,
+    download_rate: Arc<RateLimit>,
     local: std::sync::OnceLock<Arc<dyn LocalBlobs>>,
 }
 
@@ -199,9 +208,11 @@ impl Transfer {
         let transfer = Arc::new(Transfer {
             endpoint,
             keypair,
-            options,
+            options: options.clone(),
             store,
             uploads,
+            upload_rate: RateLimit::new(options.max_upload_rate),
+            download_rate: Arc::new(RateLimit::new(options.max_download_rate)),
             local: std::sync::OnceLock::new(),
         });
         let serving = transfer.clone();
@@ -280,7 +291,11 @@ impl Transfer {
             Ok(Message::Hello { nonce, proof, .. })
                 if proof == self.proof(&remote, &self.peer_id(), &nonce, &binding) =>
             {
-                Ok(PeerConnection { conn, remote })
+                Ok(PeerConnection {
+                    conn,
+                    remote,
+                    download_rate: self.download_rate.clone(),
+                })
             }
             Ok(_) => {
                 tracing::warn!(peer = %remote, %addr, "peer failed the cluster-secret proof; not using it");
@@ -515,6 +530,7 @@ impl Transfer {
             },
         )
         .await?;
+        self.upload_rate.acquire(bytes.len() as u64).await;
         send.write_all(&bytes)
             .await
             .map_err(|e| NetError::Connection(e.to_string()))?;
@@ -530,6 +546,7 @@ fn agent() -> String {
 /// An authenticated connection to a peer.
 pub struct PeerConnection {
     conn: Connection,
+    download_rate: Arc<RateLimit>,
     /// The peer's verified identity.
     pub remote: PeerId,
 }
@@ -555,6 +572,7 @@ impl PeerConnection {
         chunk: u32,
         max_len: u32,
     ) -> Result<Bytes, NetError> {
+        self.download_rate.acquire(u64::from(max_len)).await;
         match self.request(&Message::Request { digest, chunk }).await? {
             (
                 Message::ChunkData {

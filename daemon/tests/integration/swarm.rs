@@ -37,3 +37,211 @@ async fn two_nodes_blob_from_peer_with_origin_down() {
     let from_peers = swarm.nodes[1].shoald.metric("shoal_peer_bytes_total").await;
     assert_eq!(from_peers as usize, layer.bytes.len());
 }
+
+/// Cooperative cold start: 4 nodes ask for the same 256 MiB blob at the same moment;
+/// the origin sends it about once and every node's bytes verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_four_nodes_fetch_the_blob_from_the_origin_about_once() {
+    let Some(mut swarm) = Swarm::origin().await else {
+        return;
+    };
+    const SIZE: usize = 256 * 1024 * 1024;
+    let model = oci::model(91, &[SIZE]);
+    Pusher::new(&swarm.registry.host(), None)
+        .artifact("models/cold", "v1", &model)
+        .await;
+    for _ in 0..4 {
+        swarm.add_node(None, &[]).await;
+    }
+    for n in 0..4 {
+        swarm.wait_peers(n, 3).await;
+    }
+    let before = swarm.egress();
+    let digest = model.layers[0].digest.clone();
+    let pulls = (0..4).map(|n| swarm.get_blob_verified(n, "models/cold", &digest));
+    let results = futures::future::join_all(pulls).await;
+    for (n, r) in results.iter().enumerate() {
+        assert_eq!(
+            r.as_ref().ok(),
+            Some(&(SIZE as u64)),
+            "node {n}: {r:?}\n{}",
+            swarm.nodes[n].shoald.logs()
+        );
+    }
+    let egress = swarm.egress() - before;
+    let ratio = egress as f64 / SIZE as f64;
+    println!("cold start, 4 nodes x 256 MiB: origin egress {egress} bytes = {ratio:.3} x blob");
+    assert!(ratio <= 1.1, "origin egress {ratio:.3} x blob size");
+    let mut from_peers = 0.0;
+    for n in 0..4 {
+        from_peers += swarm.nodes[n].shoald.metric("shoal_peer_bytes_total").await;
+    }
+    assert!(
+        from_peers >= 2.9 * SIZE as f64,
+        "nodes should have exchanged chunks, got {from_peers} bytes from peers"
+    );
+}
+
+/// A 3-node swarm: two nodes pull at once from the one that has the blob, origin down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_two_pull_at_once_from_the_third() {
+    let Some(mut swarm) = Swarm::origin().await else {
+        return;
+    };
+    let model = oci::model(92, &[21 * 1024 * 1024]);
+    Pusher::new(&swarm.registry.host(), None)
+        .artifact("models/three", "v1", &model)
+        .await;
+    for _ in 0..3 {
+        swarm.add_node(None, &[]).await;
+    }
+    swarm.wait_peers(1, 1).await;
+    swarm.wait_peers(2, 1).await;
+    let digest = model.layers[0].digest.clone();
+    swarm
+        .get_blob_verified(0, "models/three", &digest)
+        .await
+        .unwrap();
+    swarm.proxy.state.down.store(true, Ordering::SeqCst);
+    let (b, c) = tokio::join!(
+        swarm.get_blob_verified(1, "models/three", &digest),
+        swarm.get_blob_verified(2, "models/three", &digest)
+    );
+    assert!(b.is_ok(), "{b:?}\n{}", swarm.nodes[1].shoald.logs());
+    assert!(c.is_ok(), "{c:?}\n{}", swarm.nodes[2].shoald.logs());
+}
+
+/// SIGKILL one of two serving peers mid-transfer: the download completes from the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_serving_peer_mid_transfer_loses_nothing() {
+    let Some(mut swarm) = Swarm::origin().await else {
+        return;
+    };
+    const SIZE: usize = 96 * 1024 * 1024;
+    let model = oci::model(93, &[SIZE]);
+    Pusher::new(&swarm.registry.host(), None)
+        .artifact("models/kill", "v1", &model)
+        .await;
+    // Slow uploads keep the transfer going long enough to kill a server in the middle.
+    for _ in 0..3 {
+        swarm.add_node(None, &["--max-upload-rate", "24MiB"]).await;
+    }
+    swarm.wait_peers(2, 2).await;
+    let digest = model.layers[0].digest.clone();
+    swarm
+        .get_blob_verified(0, "models/kill", &digest)
+        .await
+        .unwrap();
+    swarm
+        .get_blob_verified(1, "models/kill", &digest)
+        .await
+        .unwrap();
+    swarm.proxy.state.down.store(true, Ordering::SeqCst);
+
+    let victim = swarm.nodes[0].shoald.pid();
+    let node = &swarm.nodes[2].shoald;
+    let pull = swarm.get_blob_verified(2, "models/kill", &digest);
+    let kill = async {
+        let receiving =
+            crate::common::wait_until(30, || node.logs().contains("swarm download starting")).await;
+        assert!(receiving, "{}", node.logs());
+        // About a quarter of the blob in at 2 x 24 MiB/s.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // SAFETY: kill(2) on a child process of this test.
+        unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+        node.metric("shoal_peer_bytes_total").await
+    };
+    let (result, before_kill) = tokio::join!(pull, kill);
+    assert_eq!(result, Ok(SIZE as u64), "{}", node.logs());
+    assert!(
+        before_kill > 0.0 && before_kill < SIZE as f64,
+        "the kill must land mid-transfer ({before_kill} bytes in)"
+    );
+}
+
+/// A peer built with fault injection serves corrupt chunks: the downloader checks them
+/// against the chunk index, bans it and completes from the honest peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs `--features fault-injection` (the README's test command enables it)"
+)]
+async fn a_corrupting_peer_is_detected_and_banned() {
+    let Some(mut swarm) = Swarm::origin().await else {
+        return;
+    };
+    let model = oci::model(94, &[33 * 1024 * 1024]);
+    Pusher::new(&swarm.registry.host(), None)
+        .artifact("models/liar", "v1", &model)
+        .await;
+    swarm
+        .add_node_with_env(None, &[], &[("SHOAL_FAULT_CORRUPT_CHUNKS", "1")])
+        .await;
+    swarm.add_node(None, &[]).await;
+    swarm.add_node(None, &[]).await;
+    swarm.wait_peers(2, 2).await;
+    let digest = model.layers[0].digest.clone();
+    swarm
+        .get_blob_verified(0, "models/liar", &digest)
+        .await
+        .unwrap();
+    swarm
+        .get_blob_verified(1, "models/liar", &digest)
+        .await
+        .unwrap();
+    swarm.proxy.state.down.store(true, Ordering::SeqCst);
+
+    let node = &swarm.nodes[2].shoald;
+    let got = swarm.get_blob_verified(2, "models/liar", &digest).await;
+    assert_eq!(got, Ok(33 * 1024 * 1024), "{}", node.logs());
+    assert!(
+        node.metric("shoal_peer_bad_chunks_total").await >= 1.0,
+        "{}",
+        node.logs()
+    );
+    assert!(node.logs().contains("banned"), "{}", node.logs());
+}
+
+/// A node with the wrong cluster secret can neither fetch from the swarm nor serve it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_secret_can_neither_fetch_nor_serve() {
+    let Some(mut swarm) = Swarm::origin().await else {
+        return;
+    };
+    let model = oci::model(95, &[5 * 1024 * 1024, 6 * 1024 * 1024]);
+    Pusher::new(&swarm.registry.host(), None)
+        .artifact("models/secret", "v1", &model)
+        .await;
+    let wrong = swarm.dir.path().join("wrong-secret");
+    std::fs::write(&wrong, "not the swarm's secret").unwrap();
+    swarm.add_node(None, &[]).await;
+    swarm.add_node(Some(&wrong), &[]).await;
+    swarm.wait_peers(1, 1).await;
+    let (good_blob, wrong_blob) = (&model.layers[0].digest, &model.layers[1].digest);
+    swarm
+        .get_blob_verified(0, "models/secret", good_blob)
+        .await
+        .unwrap();
+    swarm
+        .get_blob_verified(1, "models/secret", wrong_blob)
+        .await
+        .unwrap();
+    swarm.proxy.state.down.store(true, Ordering::SeqCst);
+
+    let r = swarm.get_blob(1, "models/secret", good_blob).await;
+    assert!(
+        !r.status().is_success(),
+        "the outsider fetched from the swarm"
+    );
+    let r = swarm.get_blob(0, "models/secret", wrong_blob).await;
+    assert!(
+        !r.status().is_success(),
+        "the swarm fetched from the outsider"
+    );
+    for n in 0..2 {
+        let node = &swarm.nodes[n].shoald;
+        assert_eq!(node.metric("shoal_peer_bytes_total").await, 0.0);
+    }
+    let logs = swarm.nodes[0].shoald.logs();
+    assert!(logs.contains("cluster secret"), "{logs}");
+}

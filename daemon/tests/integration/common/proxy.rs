@@ -72,8 +72,19 @@ impl Drop for Proxy {
 async fn pipe(client: TcpStream, server: TcpStream, st: Arc<ProxyState>) {
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
+    let st_up = st.clone();
     let up = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+        // Requests on kept-alive connections must fail too once the origin is "down".
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if st_up.down.load(Ordering::SeqCst) || sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
         let _ = sw.shutdown().await;
     });
     let cut = st.cut_after.swap(0, Ordering::SeqCst);
@@ -84,6 +95,9 @@ async fn pipe(client: TcpStream, server: TcpStream, st: Arc<ProxyState>) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if st.down.load(Ordering::SeqCst) && up.is_finished() {
+            break;
+        }
         let n = if cut > 0 {
             n.min((cut - carried) as usize)
         } else {

@@ -9,6 +9,7 @@ pub struct Shoald {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     log: PathBuf,
     _dir: Option<tempfile::TempDir>,
 }
@@ -25,6 +26,11 @@ impl Shoald {
 
     /// Starts shoald on an existing data dir.
     pub async fn start_in(data_dir: &Path, extra: &[&str]) -> Shoald {
+        Shoald::start_with_env(data_dir, extra, &[]).await
+    }
+
+    /// Starts shoald on an existing data dir with extra environment variables.
+    pub async fn start_with_env(data_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Shoald {
         let addr = super::free_addr();
         let mut args = vec![
             "--data-dir".to_owned(),
@@ -39,6 +45,10 @@ impl Shoald {
             addr,
             data_dir: data_dir.to_owned(),
             args,
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log,
             _dir: None,
         };
@@ -55,6 +65,7 @@ impl Shoald {
         let child = Command::new(env!("CARGO_BIN_EXE_shoald"))
             .args(&self.args)
             .env("SHOAL_LOG", "info,shoal_daemon=debug")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -98,6 +109,11 @@ impl Shoald {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id of the running daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("shoald running")
     }
 
     /// SIGKILL, no cleanup: what a crash or OOM kill does.

@@ -51,6 +51,16 @@ impl Swarm {
     /// Starts node number `self.nodes.len()` on 127.0.0.(10+n), bootstrapping from
     /// node 0, with the swarm's secret unless `secret` overrides it.
     pub async fn add_node(&mut self, secret: Option<&Path>, extra: &[&str]) -> usize {
+        self.add_node_with_env(secret, extra, &[]).await
+    }
+
+    /// [`Swarm::add_node`] with extra environment variables (fault injection).
+    pub async fn add_node_with_env(
+        &mut self,
+        secret: Option<&Path>,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> usize {
         let n = self.nodes.len();
         let ip = format!("127.0.0.{}", 10 + n);
         let p2p = format!("{ip}:{}", free_udp_port(&ip));
@@ -85,7 +95,7 @@ impl Swarm {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let shoald = Shoald::start_in(&data_dir, &args).await;
+        let shoald = Shoald::start_with_env(&data_dir, &args, envs).await;
         self.nodes.push(Node { shoald, p2p });
         n
     }
@@ -111,6 +121,34 @@ impl Swarm {
             .send()
             .await
             .expect("mirror reachable")
+    }
+
+    /// GETs a blob through node `n` and checks its bytes against `digest` (streaming).
+    pub async fn get_blob_verified(
+        &self,
+        n: usize,
+        repo: &str,
+        digest: &str,
+    ) -> Result<u64, String> {
+        use futures::StreamExt as _;
+        use sha2::Digest as _;
+        let r = self.get_blob(n, repo, digest).await;
+        if r.status() != 200 {
+            return Err(format!("node {n}: status {}", r.status()));
+        }
+        let mut sha = sha2::Sha256::new();
+        let mut len = 0u64;
+        let mut body = r.bytes_stream();
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| format!("node {n}: body broke: {e}"))?;
+            len += piece.len() as u64;
+            sha.update(&piece);
+        }
+        let got = format!("sha256:{}", hex::encode(sha.finalize()));
+        if got != digest {
+            return Err(format!("node {n}: got {got}, want {digest}"));
+        }
+        Ok(len)
     }
 
     /// Origin egress so far (bytes the origin sent through the proxy).
