@@ -34,6 +34,12 @@
 //! | 7 | `Index` | digest, size u64, chunk size u32, one BLAKE3 `[32]` per chunk |
 //! | 8 | `Reject` | digest, chunk u32, reason u8 |
 //! | 9 | `Error` | code u16, message (u16 len + UTF-8, at most [`MAX_TEXT`] bytes) |
+//! | 10 | `TagRequest` | tag key (text: `registry/repository:tag`) |
+//! | 11 | `Tag` | tag key (text), digest, resolved-at u64 (Unix seconds), media type (text) |
+//!
+//! Tags are asked of peers only when the origin is unreachable (an offline swarm still
+//! resolves tags some node has seen); the answer is a hint whose manifest is then
+//! fetched by digest and verified.
 //!
 //! # Security
 //!
@@ -161,6 +167,22 @@ pub enum Message {
         chunk: u32,
         /// Why.
         reason: RejectReason,
+    },
+    /// Asks which digest a tag had when the peer last resolved it.
+    TagRequest {
+        /// `registry/repository:tag`.
+        key: String,
+    },
+    /// A peer's last resolution of a tag.
+    Tag {
+        /// `registry/repository:tag`.
+        key: String,
+        /// Manifest digest.
+        digest: Digest,
+        /// When the peer resolved it (Unix seconds).
+        resolved_at: u64,
+        /// Manifest media type.
+        media_type: String,
     },
     /// A protocol error; the sender closes the connection after it.
     Error {
@@ -303,6 +325,8 @@ impl Message {
             Message::Index { .. } => 7,
             Message::Reject { .. } => 8,
             Message::Error { .. } => 9,
+            Message::TagRequest { .. } => 10,
+            Message::Tag { .. } => 11,
         }
     }
 
@@ -361,6 +385,18 @@ impl Message {
             Message::Error { code, message } => {
                 out.extend_from_slice(&code.to_be_bytes());
                 put_text(out, message);
+            }
+            Message::TagRequest { key } => put_text(out, key),
+            Message::Tag {
+                key,
+                digest,
+                resolved_at,
+                media_type,
+            } => {
+                put_text(out, key);
+                out.extend_from_slice(digest.as_bytes());
+                out.extend_from_slice(&resolved_at.to_be_bytes());
+                put_text(out, media_type);
             }
         }
         let len = (out.len() - start - LENGTH_PREFIX) as u32;
@@ -487,6 +523,13 @@ impl Message {
                 code: r.u16()?,
                 message: r.text()?,
             },
+            10 => Message::TagRequest { key: r.text()? },
+            11 => Message::Tag {
+                key: r.text()?,
+                digest: r.digest()?,
+                resolved_at: r.u64()?,
+                media_type: r.text()?,
+            },
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -583,6 +626,15 @@ mod tests {
             Message::Error {
                 code: 400,
                 message: "bad request".into(),
+            },
+            Message::TagRequest {
+                key: "registry-1.docker.io/library/alpine:3".into(),
+            },
+            Message::Tag {
+                key: "registry-1.docker.io/library/alpine:3".into(),
+                digest: d(5),
+                resolved_at: 1_790_000_000,
+                media_type: "application/vnd.oci.image.index.v1+json".into(),
             },
         ]
     }

@@ -51,7 +51,25 @@ pub(super) async fn serve(
         }
         None => {
             m.metrics.lookup(ContentKind::Manifest, false);
-            let fetched = fetch(m, target, &digest.to_string(), &accept, headers).await?;
+            let fetched = match fetch(m, target, &digest.to_string(), &accept, headers).await {
+                Ok(f) => f,
+                Err(e) if e.status.is_server_error() => {
+                    // The origin is unreachable: a peer may have it (verified by digest).
+                    let Some(body) = m
+                        .downloads
+                        .small_blob_from_peers(digest, MAX_MANIFEST_BYTES as u64)
+                        .await
+                    else {
+                        return Err(e);
+                    };
+                    Fetched {
+                        digest,
+                        media_type: sniff_media_type(&body),
+                        body,
+                    }
+                }
+                Err(e) => return Err(e),
+            };
             if fetched.digest != digest {
                 return Err(ApiError::new(
                     StatusCode::BAD_GATEWAY,
@@ -182,7 +200,22 @@ async fn resolve_tag(
                     tracing::warn!(tag = %key, digest = %c.digest, age_secs = now.saturating_sub(c.resolved_at), error = %e, "upstream unreachable; serving last known digest of tag");
                     Ok(c.digest)
                 }
-                None => Err(ApiError::from_upstream(&e, "MANIFEST_UNKNOWN")),
+                // Never resolved here: ask the swarm, and remember the answer.
+                None => match m.downloads.tag_from_peers(&key).await {
+                    Some((digest, resolved_at, media_type)) => {
+                        let record = TagRecord {
+                            digest,
+                            media_type,
+                            size: 0,
+                            resolved_at,
+                        };
+                        m.store
+                            .put_tag(&key, &record)
+                            .map_err(|e| ApiError::from_store(&e))?;
+                        Ok(digest)
+                    }
+                    None => Err(ApiError::from_upstream(&e, "MANIFEST_UNKNOWN")),
+                },
             }
         }
         Err(e) => Err(ApiError::from_upstream(&e, "MANIFEST_UNKNOWN")),

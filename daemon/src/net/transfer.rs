@@ -418,6 +418,20 @@ impl Transfer {
                 });
                 return self.serve_interest(digest, link).await;
             }
+            Message::TagRequest { key } => match self.store.tag(&key) {
+                // Only tags whose manifest this node can also serve.
+                Ok(Some(t)) if self.store.get(&t.digest).ok().flatten().is_some() => Message::Tag {
+                    key,
+                    digest: t.digest,
+                    resolved_at: t.resolved_at,
+                    media_type: t.media_type,
+                },
+                _ => Message::Reject {
+                    digest: Digest::from_sha256_bytes([0; 32]),
+                    chunk: u32::MAX,
+                    reason: RejectReason::NotPresent,
+                },
+            },
             Message::IndexRequest { digest } => match self.store.get(&digest) {
                 Ok(Some(record)) => Message::Index {
                     digest,
@@ -630,6 +644,28 @@ impl PeerConnection {
             Message::Reject { reason, .. } => Err(NetError::Rejected(reason)),
             other => Err(NetError::Protocol(format!(
                 "unexpected answer to a have-map: {other:?}"
+            ))),
+        }
+    }
+
+    /// The peer's last resolution of a tag: (digest, resolved at, media type).
+    pub async fn resolve_tag(&self, key: &str) -> Result<(Digest, u64, String), NetError> {
+        let request = Message::TagRequest {
+            key: key.to_owned(),
+        };
+        match self.request(&request).await? {
+            (
+                Message::Tag {
+                    key: k,
+                    digest,
+                    resolved_at,
+                    media_type,
+                },
+                _,
+            ) if k == key => Ok((digest, resolved_at, media_type)),
+            (Message::Reject { reason, .. }, _) => Err(NetError::Rejected(reason)),
+            (other, _) => Err(NetError::Protocol(format!(
+                "unexpected answer to a tag request: {other:?}"
             ))),
         }
     }

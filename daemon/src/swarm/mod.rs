@@ -14,6 +14,7 @@
 mod driver;
 mod fetch;
 mod links;
+mod offline;
 mod partial;
 mod reader;
 pub mod scheduler;

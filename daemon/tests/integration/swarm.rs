@@ -245,3 +245,84 @@ async fn a_node_with_the_wrong_secret_can_neither_fetch_nor_serve() {
     let logs = swarm.nodes[0].shoald.logs();
     assert!(logs.contains("cluster secret"), "{logs}");
 }
+
+/// Warm swarm: node A pulls an image; the origin goes down; B and C pull it by tag
+/// through their own mirrors and D with containerd: tags, manifests and blobs all come
+/// from peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_swarm_serves_an_image_with_the_origin_down() {
+    use crate::common::containerd::{check, Containerd};
+    let Some(mut swarm) = Swarm::origin().await else {
+        return;
+    };
+    let img = oci::image(96, oci::OCI_MANIFEST);
+    Pusher::new(&swarm.registry.host(), None)
+        .artifact("library/warm", "v1", &img)
+        .await;
+    for _ in 0..4 {
+        swarm.add_node(None, &[]).await;
+    }
+    for n in 1..4 {
+        swarm.wait_peers(n, 1).await;
+    }
+    let pull_http = |n: usize| {
+        let swarm = &swarm;
+        let img = &img;
+        async move {
+            let url = swarm.nodes[n].shoald.url("/v2/library/warm/manifests/v1");
+            let r = crate::common::http()
+                .get(url)
+                .header("Accept", oci::OCI_MANIFEST)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status(),
+                200,
+                "node {n}: {}",
+                swarm.nodes[n].shoald.logs()
+            );
+            assert_eq!(r.bytes().await.unwrap(), img.manifest, "node {n} manifest");
+            for blob in std::iter::once(&img.config).chain(&img.layers) {
+                let got = swarm
+                    .get_blob_verified(n, "library/warm", &blob.digest)
+                    .await;
+                assert_eq!(got, Ok(blob.bytes.len() as u64), "node {n}");
+            }
+        }
+    };
+    pull_http(0).await;
+    swarm.proxy.state.down.store(true, Ordering::SeqCst);
+    let egress = swarm.egress();
+    pull_http(1).await;
+    pull_http(2).await;
+
+    let hosts = tempfile::tempdir().unwrap();
+    let mirror = swarm.nodes[3].shoald.addr.to_string();
+    Containerd::write_hosts(hosts.path(), &swarm.proxy.host(), &mirror);
+    let Some(ctrd) = Containerd::start().await else {
+        return;
+    };
+    let reference = format!("{}/library/warm:v1", swarm.proxy.host());
+    let hosts_dir = hosts.path().to_str().unwrap();
+    check(
+        &ctrd.ctr(&[
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts_dir,
+            "--plain-http",
+            "--snapshotter",
+            "native",
+            &reference,
+        ]),
+        "ctr images pull from a swarm without origin",
+    );
+    assert_eq!(swarm.egress(), egress, "nothing came from the origin");
+    let layer_bytes: usize = img.layers.iter().map(|l| l.bytes.len()).sum();
+    let from_peers = swarm.nodes[3].shoald.metric("shoal_peer_bytes_total").await;
+    assert!(
+        from_peers >= layer_bytes as f64,
+        "D's layers came from peers"
+    );
+}
