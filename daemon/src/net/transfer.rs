@@ -688,9 +688,9 @@ impl PeerConnection {
         }
     }
 
-    /// Sends raw bytes on a new stream (tests of hostile peers).
-    #[cfg(test)]
-    pub(crate) async fn send_raw(&self, bytes: &[u8]) -> Result<(), NetError> {
+    /// Sends raw bytes on a new stream (tests of hostile peers; not in shipped builds).
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub async fn send_raw(&self, bytes: &[u8]) -> Result<(), NetError> {
         let (mut send, _recv) = self
             .conn
             .open_bi()

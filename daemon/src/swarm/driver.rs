@@ -38,6 +38,9 @@ use crate::upstream::Target;
 const SETTLE: Duration = Duration::from_millis(1200);
 /// How often providers are looked up again during a download (new nodes, late starters).
 const REDISCOVER: Duration = Duration::from_secs(3);
+/// Providers this node links to on its own initiative per download; peers that link
+/// to it are accepted beyond that (they are interested nodes of a cold start).
+const MAX_LINKED: usize = 32;
 /// Scheduler clock resolution (timeouts, grace periods).
 const TICK: Duration = Duration::from_millis(200);
 
@@ -320,18 +323,21 @@ impl Run {
         }
     }
 
-    /// Links every provider not in `known`, in parallel.
+    /// Links providers not in `known`, in parallel, up to [`MAX_LINKED`] in all.
     async fn link_new(
         &self,
         known: HashSet<libp2p_identity::PeerId>,
     ) -> Vec<(Arc<PeerConnection>, PeerLink)> {
         let providers = self.swarm.discovery.find_providers(self.digest).await;
+        let room = MAX_LINKED.saturating_sub(known.len());
+        let ours = self.partial.snapshot();
         link_all(
             &self.swarm.transfer,
             providers,
             known,
+            room,
             self.digest,
-            self.partial.snapshot(),
+            ours,
         )
         .await
     }
@@ -351,11 +357,15 @@ impl Run {
 
     fn spawn_rediscover(&self, inputs: &mpsc::UnboundedSender<Input>) {
         let known: HashSet<_> = self.peers.values().map(|p| p.conn.remote).collect();
+        let room = MAX_LINKED.saturating_sub(known.len());
+        if room == 0 {
+            return;
+        }
         let (transfer, discovery) = (self.swarm.transfer.clone(), self.swarm.discovery.clone());
         let (digest, ours, inputs) = (self.digest, self.partial.snapshot(), inputs.clone());
         tokio::spawn(async move {
             let providers = discovery.find_providers(digest).await;
-            for (conn, link) in link_all(&transfer, providers, known, digest, ours).await {
+            for (conn, link) in link_all(&transfer, providers, known, room, digest, ours).await {
                 let _ = inputs.send(Input::Linked(conn, link));
             }
         });
@@ -564,12 +574,14 @@ async fn link_all(
     transfer: &Arc<Transfer>,
     providers: Vec<Provider>,
     known: HashSet<libp2p_identity::PeerId>,
+    room: usize,
     digest: Digest,
     ours: (Option<ChunkLayout>, Vec<u8>),
 ) -> Vec<(Arc<PeerConnection>, PeerLink)> {
     let attempts = providers
         .into_iter()
         .filter(|p| !known.contains(&p.peer))
+        .take(room)
         .map(|p| {
             let ours = ours.clone();
             async move {

@@ -326,3 +326,47 @@ async fn warm_swarm_serves_an_image_with_the_origin_down() {
         "D's layers came from peers"
     );
 }
+
+/// In a cold start nobody has a chunk index yet, so a corrupting peer's chunks are only
+/// caught by the final sha256: the local client's response is aborted, never completed
+/// with bad bytes, and the node recovers the blob from the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs `--features fault-injection` (the README's test command enables it)"
+)]
+async fn cold_start_with_a_corrupting_peer_aborts_then_recovers_from_the_origin() {
+    let Some(mut swarm) = Swarm::origin().await else {
+        return;
+    };
+    const SIZE: usize = 48 * 1024 * 1024;
+    let model = oci::model(97, &[SIZE]);
+    Pusher::new(&swarm.registry.host(), None)
+        .artifact("models/cold-liar", "v1", &model)
+        .await;
+    swarm
+        .add_node_with_env(None, &[], &[("SHOAL_FAULT_CORRUPT_CHUNKS", "1")])
+        .await;
+    swarm.add_node(None, &[]).await;
+    swarm.wait_peers(1, 1).await;
+    let digest = model.layers[0].digest.clone();
+    let (liar, victim) = tokio::join!(
+        swarm.get_blob_verified(0, "models/cold-liar", &digest),
+        swarm.get_blob_verified(1, "models/cold-liar", &digest)
+    );
+    let node = &swarm.nodes[1].shoald;
+    assert_eq!(liar, Ok(SIZE as u64), "the liar's own copy is fine");
+    assert!(
+        victim.is_err(),
+        "a response with bad bytes must not complete: {victim:?}"
+    );
+    assert!(
+        crate::common::wait_until(30, || node.logs().contains("refetching from the origin")).await,
+        "{}",
+        node.logs()
+    );
+    let again = swarm
+        .get_blob_verified(1, "models/cold-liar", &digest)
+        .await;
+    assert_eq!(again, Ok(SIZE as u64), "{}", node.logs());
+}
