@@ -544,3 +544,6 @@ impl Task {
         self.waiting = still;
     }
 }
+
+#[cfg(test)]
+mod tests;

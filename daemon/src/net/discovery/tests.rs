@@ -1,0 +1,129 @@
+use super::*;
+
+#[test]
+fn bootstrap_entries_parse() {
+    assert_eq!(
+        "10.0.0.5:4001".parse::<Bootstrap>(),
+        Ok(Bootstrap::Socket("10.0.0.5:4001".parse().unwrap()))
+    );
+    assert_eq!(
+        "dns:shoal.kube-system.svc:4001".parse::<Bootstrap>(),
+        Ok(Bootstrap::Dns {
+            name: "shoal.kube-system.svc".into(),
+            port: 4001
+        })
+    );
+    let m = "/ip4/10.0.0.5/udp/4001/quic-v1"
+        .parse::<Bootstrap>()
+        .unwrap();
+    assert!(matches!(m, Bootstrap::Multiaddr(_)));
+    for bad in [
+        "",
+        "dns:",
+        "dns:name",
+        "dns::4001",
+        "10.0.0.5",
+        "/ip4/nope",
+        "host:port",
+    ] {
+        let err = bad.parse::<Bootstrap>().unwrap_err();
+        assert!(err.contains(bad), "error {err:?} names the input");
+    }
+}
+
+#[test]
+fn transfer_address_travels_in_the_agent_string() {
+    let mut options = DiscoveryOptions {
+        listen: "0.0.0.0:4001".parse().unwrap(),
+        advertise_ip: None,
+        bootstrap: Vec::new(),
+        mdns: false,
+        transfer: "0.0.0.0:4002".parse().unwrap(),
+        provider_ttl: Duration::from_secs(60),
+    };
+    let seen: IpAddr = "10.1.2.3".parse().unwrap();
+    // Bound to every interface: the peer uses the IP it reached us at.
+    let agent = transfer_agent(&options);
+    assert_eq!(
+        parse_transfer_agent(&agent, Some(seen)),
+        Some("10.1.2.3:4002".parse().unwrap())
+    );
+    assert_eq!(parse_transfer_agent(&agent, None), None);
+    // An advertised IP wins.
+    options.advertise_ip = Some("192.168.7.7".parse().unwrap());
+    let agent = transfer_agent(&options);
+    assert_eq!(
+        parse_transfer_agent(&agent, Some(seen)),
+        Some("192.168.7.7:4002".parse().unwrap())
+    );
+    assert_eq!(
+        parse_transfer_agent("some-other-libp2p-node/1.0", Some(seen)),
+        None
+    );
+}
+
+fn options(listen: &str, bootstrap: Vec<Bootstrap>) -> DiscoveryOptions {
+    DiscoveryOptions {
+        listen: listen.parse().unwrap(),
+        advertise_ip: None,
+        bootstrap,
+        mdns: false,
+        transfer: "127.0.0.1:9".parse().unwrap(),
+        provider_ttl: Duration::from_secs(60),
+    }
+}
+
+fn free_udp(ip: &str) -> SocketAddr {
+    std::net::UdpSocket::bind((ip, 0))
+        .and_then(|s| s.local_addr())
+        .unwrap()
+}
+
+async fn wait_for(mut check: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// `dns:NAME:PORT` bootstrap finds a node whose PeerId nobody configured, and provider
+/// records then flow between the two (Kademlia's smallest swarm).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_bootstrap_and_provider_lookup_between_two_nodes() {
+    let a_addr = free_udp("127.0.0.1");
+    let a = Discovery::start(
+        Keypair::generate_ed25519(),
+        options(&a_addr.to_string(), vec![]),
+    )
+    .await
+    .unwrap();
+    let dns = Bootstrap::Dns {
+        name: "localhost".into(),
+        port: a_addr.port(),
+    };
+    let b = Discovery::start(
+        Keypair::generate_ed25519(),
+        options(&free_udp("127.0.0.1").to_string(), vec![dns]),
+    )
+    .await
+    .unwrap();
+    assert!(
+        wait_for(async || b.peers().await.iter().any(|p| p.peer == a.local_peer)).await,
+        "b found a through dns:localhost"
+    );
+    let digest = Digest::from_sha256_bytes([7; 32]);
+    a.provide(digest);
+    assert!(
+        wait_for(async || {
+            b.find_providers(digest)
+                .await
+                .iter()
+                .any(|p| p.peer == a.local_peer && p.transfer.port() == 9)
+        })
+        .await,
+        "b finds a as a provider, with its transfer address"
+    );
+}
