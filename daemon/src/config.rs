@@ -116,7 +116,7 @@ pub struct Config {
     pub advertise_addr: Option<std::net::IpAddr>,
 
     /// A peer to start discovery from; repeatable. `IP:PORT` of its --p2p-addr, a
-    /// multiaddr with or without /p2p/<id>, or dns:NAME:PORT (every address of NAME,
+    /// multiaddr with or without `/p2p/<id>`, or `dns:NAME:PORT` (every address of NAME,
     /// e.g. a headless Service; re-resolved every 30 s).
     #[arg(
         long,

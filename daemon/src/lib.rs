@@ -13,11 +13,14 @@
 //! - [`store`]: blobs on disk as fixed-size chunks, sha256-verified before commit,
 //!   resumable partials, the sled index and its rebuild from the data files, LRU quota.
 //! - [`swarm`]: getting what the store lacks. One shared download per digest that any
-//!   number of local readers follow. Today its only source is the origin; peers
-//!   (issue 3) become a second source here.
+//!   number of local readers follow. Without peers it streams from the origin
+//!   (`swarm/fetch.rs`); with them `swarm/driver.rs` runs the sans-IO
+//!   [`swarm::scheduler`] over peer links (`swarm/links.rs`) and ranged origin GETs,
+//!   and `swarm/partial.rs` lets peers read the chunks a running download already has.
 //! - [`upstream`]: the origin registry client (auth, token flow, redirects, retries).
-//! - [`net`]: peer networking: node identity, and the authenticated QUIC chunk-transfer
-//!   endpoint (serving side and client; discovery and the swarm driver are not yet in).
+//! - [`net`]: peer networking: node identity, libp2p discovery ([`net::discovery`]:
+//!   Kademlia, identify, mDNS), the authenticated QUIC chunk-transfer endpoint
+//!   ([`net::transfer`]) and bandwidth limits ([`net::rate`]).
 //! - [`config`], [`metrics`], [`daemon`]: flags/TOML/env, Prometheus, wiring.
 #![deny(missing_docs)]
 

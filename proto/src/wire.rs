@@ -41,6 +41,20 @@
 //! resolves tags some node has seen); the answer is a hint whose manifest is then
 //! fetched by digest and verified.
 //!
+//! # Streams
+//!
+//! After the `Hello` exchange, every request is a new bidirectional stream whose
+//! first frame says what it is:
+//!
+//! - `Request` → `ChunkData` + raw bytes, or `Reject` (`NotPresent`, `Busy`).
+//! - `IndexRequest` → `Index` (only from a node holding the verified blob), or `Reject`.
+//! - `TagRequest` → `Tag`, or `Reject`.
+//! - `HaveMap` opens an *interest link* for one blob that lasts the download: the other
+//!   side answers with its own `HaveMap` (or `Reject` when it neither holds nor wants the
+//!   blob), then both send `HaveMap` (full state, replaces the last) and `Have` (one more
+//!   chunk) as they progress. A node with the blob complete answers and finishes its
+//!   side. Nodes of a cold start learn of each other, and of each other's chunks, here.
+//!
 //! # Security
 //!
 //! Each QUIC connection is TLS authenticated by the libp2p identity of both sides
@@ -570,227 +584,4 @@ pub mod bitfield {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn d(n: u8) -> Digest {
-        Digest::from_sha256_bytes([n; 32])
-    }
-
-    fn samples() -> Vec<Message> {
-        let mut bits = bitfield::new(11);
-        bitfield::set(&mut bits, 0);
-        bitfield::set(&mut bits, 10);
-        vec![
-            Message::Hello {
-                nonce: [1; 32],
-                proof: [2; 32],
-                agent: "shoald/0.1".into(),
-            },
-            Message::HaveMap {
-                digest: d(1),
-                layout: Some(ChunkLayout::new(11 * 65_536 - 5, 65_536)),
-                bitfield: bits,
-            },
-            Message::HaveMap {
-                digest: d(4),
-                layout: None,
-                bitfield: Vec::new(),
-            },
-            Message::Have {
-                digest: d(2),
-                chunk: 7,
-            },
-            Message::Request {
-                digest: d(3),
-                chunk: u32::MAX,
-            },
-            Message::ChunkData {
-                digest: d(4),
-                chunk: 1,
-                len: 4 << 20,
-            },
-            Message::IndexRequest { digest: d(5) },
-            Message::Index {
-                digest: d(6),
-                index: ChunkIndex {
-                    layout: ChunkLayout::new(300_000, 65_536),
-                    hashes: vec![ChunkHash([9; 32]); 5],
-                },
-            },
-            Message::Reject {
-                digest: d(7),
-                chunk: 3,
-                reason: RejectReason::Busy,
-            },
-            Message::Error {
-                code: 400,
-                message: "bad request".into(),
-            },
-            Message::TagRequest {
-                key: "registry-1.docker.io/library/alpine:3".into(),
-            },
-            Message::Tag {
-                key: "registry-1.docker.io/library/alpine:3".into(),
-                digest: d(5),
-                resolved_at: 1_790_000_000,
-                media_type: "application/vnd.oci.image.index.v1+json".into(),
-            },
-        ]
-    }
-
-    #[test]
-    fn round_trip_every_message() {
-        for m in samples() {
-            let bytes = m.to_bytes();
-            let (back, used) = Message::decode(&bytes).unwrap().unwrap();
-            assert_eq!(back, m);
-            assert_eq!(used, bytes.len());
-        }
-    }
-
-    #[test]
-    fn truncation_asks_for_more_never_panics() {
-        for m in samples() {
-            let bytes = m.to_bytes();
-            for cut in 0..bytes.len() {
-                assert_eq!(
-                    Message::decode(&bytes[..cut]),
-                    Ok(None),
-                    "{m:?} cut at {cut}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn rejects_oversized_unknown_and_malformed() {
-        let mut big = (MAX_FRAME + 1).to_be_bytes().to_vec();
-        big.extend_from_slice(&[VERSION, 3]);
-        assert_eq!(
-            Message::decode(&big),
-            Err(DecodeError::Oversized(MAX_FRAME + 1))
-        );
-        let mut v2 = Message::Have {
-            digest: d(1),
-            chunk: 1,
-        }
-        .to_bytes();
-        v2[4] = 2;
-        assert_eq!(Message::decode(&v2), Err(DecodeError::UnknownVersion(2)));
-        let mut t = Message::Have {
-            digest: d(1),
-            chunk: 1,
-        }
-        .to_bytes();
-        t[5] = 200;
-        assert_eq!(Message::decode(&t), Err(DecodeError::UnknownType(200)));
-        // A frame whose length cuts its own payload short, and one with trailing bytes.
-        let mut short = Message::Have {
-            digest: d(1),
-            chunk: 1,
-        }
-        .to_bytes();
-        short[3] -= 1;
-        assert!(matches!(
-            Message::decode(&short),
-            Err(DecodeError::Malformed(_))
-        ));
-        let mut long = Message::IndexRequest { digest: d(1) }.to_bytes();
-        long.push(0);
-        long[3] += 1;
-        assert!(matches!(
-            Message::decode(&long),
-            Err(DecodeError::Malformed(_))
-        ));
-        assert_eq!(
-            Message::decode(&[0, 0, 0, 1, 1]),
-            Err(DecodeError::TooShort(1))
-        );
-        // Bits past the last chunk.
-        let bad = Message::HaveMap {
-            digest: d(1),
-            layout: Some(ChunkLayout::new(3 * 65_536, 65_536)),
-            bitfield: vec![0xff],
-        }
-        .to_bytes();
-        assert!(matches!(
-            Message::decode(&bad),
-            Err(DecodeError::Malformed(_))
-        ));
-        // An index whose hash count disagrees with its layout.
-        let mut idx = Message::Index {
-            digest: d(1),
-            index: ChunkIndex {
-                layout: ChunkLayout::new(200_000, 65_536),
-                hashes: vec![ChunkHash([0; 32]); 4],
-            },
-        }
-        .to_bytes();
-        idx.truncate(idx.len() - 32);
-        let len = (idx.len() - 4) as u32;
-        idx[..4].copy_from_slice(&len.to_be_bytes());
-        assert!(matches!(
-            Message::decode(&idx),
-            Err(DecodeError::Malformed(_))
-        ));
-    }
-
-    #[test]
-    fn random_bytes_never_panic() {
-        let mut x: u64 = 0x1234_5678_9abc_def1;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        for _ in 0..50_000 {
-            let len = (next() % 96) as usize;
-            let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            // Half the time, make the frame plausible so decoding gets past the header.
-            if next() % 2 == 0 && buf.len() >= 6 {
-                let l = (buf.len() - 4) as u32;
-                buf[..4].copy_from_slice(&l.to_be_bytes());
-                buf[4] = VERSION;
-                buf[5] = (next() % 10) as u8;
-            }
-            let _ = Message::decode(&buf);
-        }
-    }
-
-    #[test]
-    fn proof_binds_peers_nonces_and_secret() {
-        let p = hello_proof(b"secret", b"alice", b"bob", &[1; 32], &[2; 32]);
-        assert_eq!(
-            p,
-            hello_proof(b"secret", b"alice", b"bob", &[1; 32], &[2; 32])
-        );
-        assert_ne!(
-            p,
-            hello_proof(b"other", b"alice", b"bob", &[1; 32], &[2; 32])
-        );
-        assert_ne!(
-            p,
-            hello_proof(b"secret", b"bob", b"alice", &[1; 32], &[2; 32])
-        );
-        assert_ne!(
-            p,
-            hello_proof(b"secret", b"alice", b"bob", &[3; 32], &[2; 32])
-        );
-        // Length-prefixed: moving bytes between the ids changes the proof.
-        assert_ne!(
-            p,
-            hello_proof(b"secret", b"alic", b"ebob", &[1; 32], &[2; 32])
-        );
-    }
-
-    #[test]
-    fn bitfield_ops() {
-        let mut b = bitfield::new(9);
-        assert_eq!(b.len(), 2);
-        bitfield::set(&mut b, 8);
-        bitfield::set(&mut b, 100);
-        assert!(bitfield::get(&b, 8) && !bitfield::get(&b, 7) && !bitfield::get(&b, 100));
-    }
-}
+mod tests;

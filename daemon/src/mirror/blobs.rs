@@ -14,7 +14,7 @@ use super::range::{self, RangeRequest};
 use super::{client_auth, Mirror, DOCKER_CONTENT_DIGEST};
 use crate::metrics::ContentKind;
 use crate::swarm::{stream_range, BlobSource};
-use crate::upstream::{Target, UpstreamRequest};
+use crate::upstream::Target;
 
 pub(super) async fn serve(
     m: &Arc<Mirror>,
@@ -75,40 +75,10 @@ async fn head_upstream(
     digest: Digest,
     headers: &HeaderMap,
 ) -> Result<u64, ApiError> {
-    let req = UpstreamRequest {
-        method: Method::HEAD,
-        target,
-        path: format!("blobs/{digest}"),
-        query: None,
-        headers: HeaderMap::new(),
-        client_auth: client_auth(headers),
-    };
-    let resp = m
-        .upstream
-        .send(&req)
+    m.upstream
+        .blob_size(target, &digest, client_auth(headers))
         .await
-        .map_err(|e| ApiError::from_upstream(&e, "BLOB_UNKNOWN"))?;
-    if resp.status() != StatusCode::OK {
-        let e = crate::upstream::UpstreamError::Status {
-            host: target.host.clone(),
-            status: resp.status(),
-        };
-        return Err(ApiError::from_upstream(&e, "BLOB_UNKNOWN"));
-    }
-    resp.headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "UNKNOWN",
-                format!(
-                    "upstream {} sent no Content-Length for {digest}",
-                    target.host
-                ),
-            )
-        })
+        .map_err(|e| ApiError::from_upstream(&e, "BLOB_UNKNOWN"))
 }
 
 /// Status and headers for a blob answer, or the 416 error.

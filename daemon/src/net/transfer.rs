@@ -17,13 +17,12 @@ use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use libp2p_identity::{Keypair, PeerId};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use rand::RngCore as _;
 use shoal_proto::wire::{self, Message, RejectReason};
-use shoal_proto::{ChunkIndex, ChunkLayout, Digest};
+use shoal_proto::{ChunkLayout, Digest};
 use tokio::sync::Semaphore;
 
 use super::rate::RateLimit;
@@ -73,34 +72,6 @@ pub trait LocalBlobs: Send + Sync + 'static {
     fn read_chunk(&self, digest: &Digest, chunk: u32) -> Option<Vec<u8>>;
     /// Gives an interest link to the running download; hands it back if none runs.
     fn attach(&self, digest: Digest, link: Box<PeerLink>) -> Result<(), Box<PeerLink>>;
-}
-
-/// An open interest link to a peer about one blob (see the module docs).
-pub struct PeerLink {
-    /// The peer (authenticated).
-    pub peer: PeerId,
-    /// Its transfer endpoint (a quinn endpoint dials from its listening socket).
-    pub addr: SocketAddr,
-    /// Its layout and have-map as last sent.
-    pub layout: Option<ChunkLayout>,
-    /// Its bitfield as last sent.
-    pub bitfield: Vec<u8>,
-    /// Our half for `HaveMap`/`Have` frames.
-    pub send: SendStream,
-    /// Its `HaveMap`/`Have` frames.
-    pub recv: RecvStream,
-}
-
-impl PeerLink {
-    /// Sends one frame on the link.
-    pub async fn send(&mut self, msg: &Message) -> Result<(), NetError> {
-        write_message(&mut self.send, msg).await
-    }
-
-    /// The next frame from the peer; `None` once it finished its side.
-    pub async fn next(recv: &mut RecvStream) -> Result<Option<Message>, NetError> {
-        read_message_or_end(recv).await
-    }
 }
 
 /// The endpoint: serves chunks of committed blobs and connects to peers.
@@ -156,14 +127,16 @@ fn binding(conn: &Connection) -> Result<[u8; 32], NetError> {
 }
 
 /// Reads one frame, refusing oversized lengths before reading the body.
-async fn read_message(recv: &mut RecvStream) -> Result<Message, NetError> {
+pub(super) async fn read_message(recv: &mut RecvStream) -> Result<Message, NetError> {
     read_message_or_end(recv)
         .await?
         .ok_or_else(|| NetError::Connection("stream ended before a frame".into()))
 }
 
 /// Like [`read_message`], but `None` when the peer finished the stream between frames.
-async fn read_message_or_end(recv: &mut RecvStream) -> Result<Option<Message>, NetError> {
+pub(super) async fn read_message_or_end(
+    recv: &mut RecvStream,
+) -> Result<Option<Message>, NetError> {
     let mut len = [0u8; wire::LENGTH_PREFIX];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
@@ -181,7 +154,7 @@ async fn read_message_or_end(recv: &mut RecvStream) -> Result<Option<Message>, N
         .map_err(|e| NetError::Protocol(e.to_string()))
 }
 
-async fn write_message(send: &mut SendStream, msg: &Message) -> Result<(), NetError> {
+pub(super) async fn write_message(send: &mut SendStream, msg: &Message) -> Result<(), NetError> {
     send.write_all(&msg.to_bytes())
         .await
         .map_err(|e| NetError::Connection(format!("writing frame: {e}")))
@@ -557,156 +530,6 @@ fn agent() -> String {
     concat!("shoald/", env!("CARGO_PKG_VERSION")).to_owned()
 }
 
-/// An authenticated connection to a peer.
-pub struct PeerConnection {
-    conn: Connection,
-    download_rate: Arc<RateLimit>,
-    /// The peer's verified identity.
-    pub remote: PeerId,
-}
-
-impl PeerConnection {
-    async fn request(&self, msg: &Message) -> Result<(Message, RecvStream), NetError> {
-        let (mut send, mut recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| NetError::Connection(e.to_string()))?;
-        write_message(&mut send, msg).await?;
-        send.finish()
-            .map_err(|e| NetError::Connection(e.to_string()))?;
-        let reply = read_message(&mut recv).await?;
-        Ok((reply, recv))
-    }
-
-    /// Fetches one chunk (at most `max_len` bytes). The caller verifies it.
-    pub async fn fetch_chunk(
-        &self,
-        digest: Digest,
-        chunk: u32,
-        max_len: u32,
-    ) -> Result<Bytes, NetError> {
-        self.download_rate.acquire(u64::from(max_len)).await;
-        match self.request(&Message::Request { digest, chunk }).await? {
-            (
-                Message::ChunkData {
-                    digest: d,
-                    chunk: c,
-                    len,
-                },
-                mut recv,
-            ) if d == digest && c == chunk && len <= max_len => {
-                let mut buf = vec![0u8; len as usize];
-                recv.read_exact(&mut buf)
-                    .await
-                    .map_err(|e| NetError::Connection(format!("reading chunk: {e}")))?;
-                Ok(Bytes::from(buf))
-            }
-            (Message::Reject { reason, .. }, _) => Err(NetError::Rejected(reason)),
-            (other, _) => Err(NetError::Protocol(format!(
-                "unexpected answer to a chunk request: {other:?}"
-            ))),
-        }
-    }
-
-    /// Opens an interest link about `digest`, sending our layout and have-map.
-    /// `Err(Rejected(NotPresent))` when the peer neither holds nor wants the blob.
-    pub async fn subscribe(
-        &self,
-        digest: Digest,
-        layout: Option<ChunkLayout>,
-        bitfield: Vec<u8>,
-    ) -> Result<PeerLink, NetError> {
-        let (mut send, mut recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| NetError::Connection(e.to_string()))?;
-        let map = Message::HaveMap {
-            digest,
-            layout,
-            bitfield,
-        };
-        write_message(&mut send, &map).await?;
-        match read_message(&mut recv).await? {
-            Message::HaveMap {
-                digest: d,
-                layout,
-                bitfield,
-            } if d == digest => Ok(PeerLink {
-                peer: self.remote,
-                addr: self.conn.remote_address(),
-                layout,
-                bitfield,
-                send,
-                recv,
-            }),
-            Message::Reject { reason, .. } => Err(NetError::Rejected(reason)),
-            other => Err(NetError::Protocol(format!(
-                "unexpected answer to a have-map: {other:?}"
-            ))),
-        }
-    }
-
-    /// The peer's last resolution of a tag: (digest, resolved at, media type).
-    pub async fn resolve_tag(&self, key: &str) -> Result<(Digest, u64, String), NetError> {
-        let request = Message::TagRequest {
-            key: key.to_owned(),
-        };
-        match self.request(&request).await? {
-            (
-                Message::Tag {
-                    key: k,
-                    digest,
-                    resolved_at,
-                    media_type,
-                },
-                _,
-            ) if k == key => Ok((digest, resolved_at, media_type)),
-            (Message::Reject { reason, .. }, _) => Err(NetError::Rejected(reason)),
-            (other, _) => Err(NetError::Protocol(format!(
-                "unexpected answer to a tag request: {other:?}"
-            ))),
-        }
-    }
-
-    /// Whether the connection is closed (the peer went away).
-    pub fn is_closed(&self) -> bool {
-        self.conn.close_reason().is_some()
-    }
-
-    /// Fetches the chunk index of a blob the peer holds complete.
-    pub async fn fetch_index(&self, digest: Digest) -> Result<ChunkIndex, NetError> {
-        match self.request(&Message::IndexRequest { digest }).await? {
-            (Message::Index { digest: d, index }, _) if d == digest && index.is_consistent() => {
-                Ok(index)
-            }
-            (Message::Reject { reason, .. }, _) => Err(NetError::Rejected(reason)),
-            (other, _) => Err(NetError::Protocol(format!(
-                "unexpected answer to an index request: {other:?}"
-            ))),
-        }
-    }
-
-    /// Sends raw bytes on a new stream (tests of hostile peers; not in shipped builds).
-    #[cfg(any(test, feature = "fault-injection"))]
-    pub async fn send_raw(&self, bytes: &[u8]) -> Result<(), NetError> {
-        let (mut send, _recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| NetError::Connection(e.to_string()))?;
-        send.write_all(bytes)
-            .await
-            .map_err(|e| NetError::Connection(e.to_string()))?;
-        send.finish()
-            .map_err(|e| NetError::Connection(e.to_string()))?;
-        // Give the server a moment to read it before the stream is dropped.
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.closed()).await;
-        Ok(())
-    }
-}
-
 /// Test-only misbehaviour, compiled in only with the `fault-injection` feature.
 #[cfg(feature = "fault-injection")]
 mod fault {
@@ -720,6 +543,10 @@ mod fault {
         bytes
     }
 }
+
+mod peer;
+
+pub use peer::{PeerConnection, PeerLink};
 
 #[cfg(test)]
 mod tests;

@@ -29,7 +29,7 @@ use super::links::{self, LinkUpdate};
 use super::partial::{PartialBlob, Partials};
 use super::scheduler::{self, Action, Event, NodeId, Scheduler, Source};
 use super::{Context, DownloadError, Progress};
-use crate::net::discovery::{Discovery, Provider};
+use crate::net::discovery::Discovery;
 use crate::net::transfer::{PeerConnection, PeerLink, Transfer};
 use crate::store::{Ingest, StoreError};
 use crate::upstream::Target;
@@ -102,12 +102,7 @@ pub(super) async fn run(
 ) -> Result<(), DownloadError> {
     let span = tracing::info_span!("swarm_download", %digest, upstream = %target.host, repo = %target.repo);
     async move {
-        if let Some((record, file)) = ctx.store.open_blob(&digest)? {
-            tx.send_modify(|p| {
-                p.size = Some(record.size());
-                p.available = record.size();
-                p.file = Some(Arc::new(file));
-            });
+        if super::publish_committed(ctx, digest, tx)? {
             return Ok(());
         }
         let (partial, inbound) = swarm.partials.register(digest);
@@ -157,15 +152,16 @@ impl Run {
     async fn drive(&mut self) -> Result<(), DownloadError> {
         let started = Instant::now();
         let mut linked = self.link_new(HashSet::new()).await;
-        let anyone_complete =
-            |l: &[(Arc<PeerConnection>, PeerLink)]| l.iter().any(|(_, link)| is_complete(link));
+        let anyone_complete = |l: &[(Arc<PeerConnection>, PeerLink)]| {
+            l.iter().any(|(_, link)| links::is_complete(link))
+        };
         if !anyone_complete(&linked) && !self.swarm.discovery.peers().await.is_empty() {
             tokio::time::sleep(SETTLE).await;
             let known = linked.iter().map(|(c, _)| c.remote).collect();
             linked.extend(self.link_new(known).await);
         }
         while let Ok(link) = self.inbound.try_recv() {
-            if let Some(l) = dial_back(&self.swarm.transfer, link).await {
+            if let Some(l) = links::dial_back(&self.swarm.transfer, link).await {
                 linked.push(l);
             }
         }
@@ -331,7 +327,7 @@ impl Run {
         let providers = self.swarm.discovery.find_providers(self.digest).await;
         let room = MAX_LINKED.saturating_sub(known.len());
         let ours = self.partial.snapshot();
-        link_all(
+        links::link_all(
             &self.swarm.transfer,
             providers,
             known,
@@ -349,7 +345,7 @@ impl Run {
         let transfer = self.swarm.transfer.clone();
         let inputs = inputs.clone();
         tokio::spawn(async move {
-            if let Some((conn, link)) = dial_back(&transfer, link).await {
+            if let Some((conn, link)) = links::dial_back(&transfer, link).await {
                 let _ = inputs.send(Input::Linked(conn, link));
             }
         });
@@ -365,7 +361,9 @@ impl Run {
         let (digest, ours, inputs) = (self.digest, self.partial.snapshot(), inputs.clone());
         tokio::spawn(async move {
             let providers = discovery.find_providers(digest).await;
-            for (conn, link) in link_all(&transfer, providers, known, room, digest, ours).await {
+            for (conn, link) in
+                links::link_all(&transfer, providers, known, room, digest, ours).await
+            {
                 let _ = inputs.send(Input::Linked(conn, link));
             }
         });
@@ -429,13 +427,11 @@ impl Run {
         {
             return Ok(l);
         }
-        let size = links::origin_size(
-            &self.ctx,
-            &self.target,
-            self.client_auth.clone(),
-            self.digest,
-        )
-        .await?;
+        let size = self
+            .ctx
+            .upstream
+            .blob_size(&self.target, &self.digest, self.client_auth.clone())
+            .await?;
         Ok(ChunkLayout::new(size, chunk_size))
     }
 
@@ -445,7 +441,7 @@ impl Run {
         linked: &[(Arc<PeerConnection>, PeerLink)],
         layout: &ChunkLayout,
     ) -> Option<ChunkIndex> {
-        for (conn, link) in linked.iter().filter(|(_, l)| is_complete(l)) {
+        for (conn, link) in linked.iter().filter(|(_, l)| links::is_complete(l)) {
             match conn.fetch_index(self.digest).await {
                 Ok(index) if index.layout == *layout => return Some(index),
                 Ok(_) => {
@@ -561,63 +557,6 @@ impl Run {
             }
             Err(e) => Err(e.into()),
         }
-    }
-}
-
-fn is_complete(link: &PeerLink) -> bool {
-    link.layout.is_some_and(|l| {
-        (0..l.count()).all(|i| shoal_proto::wire::bitfield::get(&link.bitfield, i))
-    })
-}
-
-async fn link_all(
-    transfer: &Arc<Transfer>,
-    providers: Vec<Provider>,
-    known: HashSet<libp2p_identity::PeerId>,
-    room: usize,
-    digest: Digest,
-    ours: (Option<ChunkLayout>, Vec<u8>),
-) -> Vec<(Arc<PeerConnection>, PeerLink)> {
-    let attempts = providers
-        .into_iter()
-        .filter(|p| !known.contains(&p.peer))
-        .take(room)
-        .map(|p| {
-            let ours = ours.clone();
-            async move {
-                match links::link_provider(transfer, &p, digest, ours).await {
-                    Ok(linked) => linked,
-                    Err(e) => {
-                        tracing::info!(peer = %p.peer, addr = %p.transfer, error = %e, "cannot use provider");
-                        None
-                    }
-                }
-            }
-        });
-    futures::future::join_all(attempts)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
-}
-
-/// A peer linked to us: connect back to it to be able to send requests.
-async fn dial_back(
-    transfer: &Transfer,
-    link: Box<PeerLink>,
-) -> Option<(Arc<PeerConnection>, PeerLink)> {
-    match tokio::time::timeout(
-        Duration::from_secs(3),
-        transfer.connect(link.addr, Some(link.peer)),
-    )
-    .await
-    {
-        Ok(Ok(conn)) => Some((Arc::new(conn), *link)),
-        Ok(Err(e)) => {
-            tracing::info!(peer = %link.peer, error = %e, "cannot connect back to interested peer");
-            None
-        }
-        Err(_) => None,
     }
 }
 

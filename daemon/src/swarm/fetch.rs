@@ -30,13 +30,7 @@ pub(super) async fn run(
         tracing::info_span!("download", %digest, upstream = %target.host, repo = %target.repo);
     async move {
         let started = std::time::Instant::now();
-        if let Some((record, file)) = ctx.store.open_blob(&digest)? {
-            // Committed while this download was being set up.
-            tx.send_modify(|p| {
-                p.size = Some(record.size());
-                p.available = record.size();
-                p.file = Some(Arc::new(file));
-            });
+        if super::publish_committed(ctx, digest, tx)? {
             return Ok(());
         }
         let req = |range_from: Option<u64>| {

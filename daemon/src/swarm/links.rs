@@ -1,6 +1,7 @@
 //! The I/O around the scheduler: finding and linking peers, fetching one chunk from a
 //! peer or from the origin, and turning link frames into scheduler events.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,34 +220,59 @@ pub(super) async fn fetch_origin_range(
     Ok(out.freeze())
 }
 
-/// The blob's size from the origin (HEAD: no body bytes leave the origin).
-pub(super) async fn origin_size(
-    ctx: &Context,
-    target: &Target,
-    client_auth: Option<HeaderValue>,
+pub(super) fn is_complete(link: &PeerLink) -> bool {
+    link.layout.is_some_and(|l| {
+        (0..l.count()).all(|i| shoal_proto::wire::bitfield::get(&link.bitfield, i))
+    })
+}
+
+pub(super) async fn link_all(
+    transfer: &Arc<Transfer>,
+    providers: Vec<Provider>,
+    known: HashSet<libp2p_identity::PeerId>,
+    room: usize,
     digest: Digest,
-) -> Result<u64, UpstreamError> {
-    let req = UpstreamRequest {
-        method: Method::HEAD,
-        target,
-        path: format!("blobs/{digest}"),
-        query: None,
-        headers: HeaderMap::new(),
-        client_auth,
-    };
-    let resp = ctx.upstream.send(&req).await?;
-    if resp.status() != StatusCode::OK {
-        return Err(UpstreamError::Status {
-            host: target.host.clone(),
-            status: resp.status(),
+    ours: (Option<ChunkLayout>, Vec<u8>),
+) -> Vec<(Arc<PeerConnection>, PeerLink)> {
+    let attempts = providers
+        .into_iter()
+        .filter(|p| !known.contains(&p.peer))
+        .take(room)
+        .map(|p| {
+            let ours = ours.clone();
+            async move {
+                match link_provider(transfer, &p, digest, ours).await {
+                    Ok(linked) => linked,
+                    Err(e) => {
+                        tracing::info!(peer = %p.peer, addr = %p.transfer, error = %e, "cannot use provider");
+                        None
+                    }
+                }
+            }
         });
+    futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// A peer linked to us: connect back to it to be able to send requests.
+pub(super) async fn dial_back(
+    transfer: &Transfer,
+    link: Box<PeerLink>,
+) -> Option<(Arc<PeerConnection>, PeerLink)> {
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        transfer.connect(link.addr, Some(link.peer)),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => Some((Arc::new(conn), *link)),
+        Ok(Err(e)) => {
+            tracing::info!(peer = %link.peer, error = %e, "cannot connect back to interested peer");
+            None
+        }
+        Err(_) => None,
     }
-    resp.headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| UpstreamError::Protocol {
-            host: target.host.clone(),
-            message: "blob HEAD without Content-Length".into(),
-        })
 }

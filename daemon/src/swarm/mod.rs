@@ -7,9 +7,9 @@
 //! fetching.
 //!
 //! Without peer networking a download streams the blob from the origin
-//! ([`fetch`], resuming with `Range`). With it, [`driver`] runs the sans-IO
+//! (`fetch.rs`, resuming with `Range`). With it, `driver.rs` runs the sans-IO
 //! [`scheduler`] over peers found by [`crate::net::discovery`] and chunk-sized ranged
-//! GETs at the origin; [`partial`] lets peers fetch the chunks a running download has.
+//! GETs at the origin; `partial.rs` lets peers fetch the chunks a running download has.
 
 mod driver;
 mod fetch;
@@ -100,6 +100,24 @@ impl Download {
             }
         }
     }
+}
+
+/// Publishes a blob committed while its download was being set up; `Ok(false)` when
+/// it is not committed.
+fn publish_committed(
+    ctx: &Context,
+    digest: Digest,
+    tx: &watch::Sender<Progress>,
+) -> Result<bool, DownloadError> {
+    let Some((record, file)) = ctx.store.open_blob(&digest)? else {
+        return Ok(false);
+    };
+    tx.send_modify(|p| {
+        p.size = Some(record.size());
+        p.available = record.size();
+        p.file = Some(Arc::new(file));
+    });
+    Ok(true)
 }
 
 /// Shared context of all downloads.

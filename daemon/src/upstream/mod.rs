@@ -231,6 +231,38 @@ impl Upstream {
         url
     }
 
+    /// A blob's size from a HEAD (no body bytes leave the origin).
+    pub async fn blob_size(
+        &self,
+        target: &Target,
+        digest: &shoal_proto::Digest,
+        client_auth: Option<HeaderValue>,
+    ) -> Result<u64, UpstreamError> {
+        let req = UpstreamRequest {
+            method: Method::HEAD,
+            target,
+            path: format!("blobs/{digest}"),
+            query: None,
+            headers: HeaderMap::new(),
+            client_auth,
+        };
+        let resp = self.send(&req).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(UpstreamError::Status {
+                host: target.host.clone(),
+                status: resp.status(),
+            });
+        }
+        resp.headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| UpstreamError::Protocol {
+                host: target.host.clone(),
+                message: format!("no Content-Length for {digest}"),
+            })
+    }
+
     /// Sends the request with auth and retries. Returns any response whose status is not
     /// a server error; the caller decides what a 404 means.
     #[tracing::instrument(level = "debug", skip_all, fields(host = %req.target.host, repo = %req.target.repo, path = %req.path))]
