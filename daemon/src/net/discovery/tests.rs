@@ -127,3 +127,23 @@ async fn dns_bootstrap_and_provider_lookup_between_two_nodes() {
         "b finds a as a provider, with its transfer address"
     );
 }
+
+/// mDNS alone (no bootstrap list, as on an edge LAN) finds the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mdns_finds_a_node_without_bootstrap() {
+    // mDNS announces non-loopback addresses only: listen on every interface.
+    let mut a_opts = options(&free_udp("0.0.0.0").to_string(), vec![]);
+    a_opts.mdns = true;
+    let mut b_opts = options(&free_udp("0.0.0.0").to_string(), vec![]);
+    b_opts.mdns = true;
+    let a = Discovery::start(Keypair::generate_ed25519(), a_opts)
+        .await
+        .unwrap();
+    let b = Discovery::start(Keypair::generate_ed25519(), b_opts)
+        .await
+        .unwrap();
+    assert!(
+        wait_for(async || b.peers().await.iter().any(|p| p.peer == a.local_peer)).await,
+        "b found a by mDNS"
+    );
+}
