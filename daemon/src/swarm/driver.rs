@@ -34,15 +34,38 @@ use crate::net::transfer::{PeerConnection, PeerLink, Transfer};
 use crate::store::{Ingest, StoreError};
 use crate::upstream::Target;
 
-/// How long nodes of a cold start wait to see each other before using the origin.
-const SETTLE: Duration = Duration::from_millis(1200);
-/// How often providers are looked up again during a download (new nodes, late starters).
-const REDISCOVER: Duration = Duration::from_secs(3);
+/// How long nodes of a cold start wait to see each other before using the origin
+/// (provider records and interest links travel in milliseconds on a LAN).
+const SETTLE: Duration = Duration::from_millis(500);
+/// Blobs this small are not worth a settle delay: N copies from the origin cost less.
+const SETTLE_MIN_SIZE: u64 = 1 << 20;
+/// Peer chunk requests in flight at once across all downloads of this node. Each holds a
+/// chunk in memory until written, so this bounds memory (12 x 4 MiB).
+pub(crate) const MAX_PEER_REQUESTS: usize = 12;
+/// How often providers are looked up again during a download (new nodes, and nodes
+/// that started at the same moment, whose provider records were not out yet).
+const REDISCOVER: Duration = Duration::from_millis(1500);
+/// The first look again comes sooner: simultaneous starters matter most early.
+const FIRST_REDISCOVER: Duration = Duration::from_millis(400);
 /// Providers this node links to on its own initiative per download; peers that link
 /// to it are accepted beyond that (they are interested nodes of a cold start).
 const MAX_LINKED: usize = 32;
 /// Scheduler clock resolution (timeouts, grace periods).
 const TICK: Duration = Duration::from_millis(200);
+
+/// The scheduler's settings in the daemon. A dead peer's link closes within the QUIC
+/// idle timeout (8 s), which removes it from the interested set at once; the grace
+/// period is only for live peers that are slow to announce, and under a congested origin
+/// (tens of nodes sharing it) a chunk can take many seconds. Two origin requests per
+/// blob keep the origin link busy without making every chunk finish late at once,
+/// which would delay passing them on to peers.
+pub(crate) fn scheduler_config() -> scheduler::Config {
+    scheduler::Config {
+        assignment_grace: Duration::from_secs(30),
+        max_origin_requests: 2,
+        ..scheduler::Config::default()
+    }
+}
 
 /// The node's peer-to-peer side, shared by all downloads.
 pub(crate) struct PeerSwarm {
@@ -51,6 +74,8 @@ pub(crate) struct PeerSwarm {
     pub(crate) partials: Arc<Partials>,
     pub(crate) me: NodeId,
     pub(crate) config: scheduler::Config,
+    /// See [`MAX_PEER_REQUESTS`].
+    pub(crate) peer_requests: Arc<tokio::sync::Semaphore>,
 }
 
 /// How one chunk fetch ended.
@@ -152,10 +177,12 @@ impl Run {
     async fn drive(&mut self) -> Result<(), DownloadError> {
         let started = Instant::now();
         let mut linked = self.link_new(HashSet::new()).await;
-        let anyone_complete = |l: &[(Arc<PeerConnection>, PeerLink)]| {
-            l.iter().any(|(_, link)| links::is_complete(link))
-        };
-        if !anyone_complete(&linked) && !self.swarm.discovery.peers().await.is_empty() {
+        let layout = self.layout(&linked).await?;
+        let anyone_complete = linked.iter().any(|(_, link)| links::is_complete(link));
+        if !anyone_complete
+            && layout.size >= SETTLE_MIN_SIZE
+            && !self.swarm.discovery.peers().await.is_empty()
+        {
             tokio::time::sleep(SETTLE).await;
             let known = linked.iter().map(|(c, _)| c.remote).collect();
             linked.extend(self.link_new(known).await);
@@ -166,7 +193,6 @@ impl Run {
             }
         }
 
-        let layout = self.layout(&linked).await?;
         let index = self.index(&linked, &layout).await;
         let store = self.ctx.store.clone();
         let digest = self.digest;
@@ -214,7 +240,7 @@ impl Run {
         let mut pending = sched.handle_batch(now(), first);
         let mut tick = tokio::time::interval(TICK);
         let mut rediscover =
-            tokio::time::interval_at(tokio::time::Instant::now() + REDISCOVER, REDISCOVER);
+            tokio::time::interval_at(tokio::time::Instant::now() + FIRST_REDISCOVER, REDISCOVER);
         loop {
             for action in std::mem::take(&mut pending) {
                 match action {
@@ -480,7 +506,11 @@ impl Run {
                 };
                 let conn = peer.conn.clone();
                 let metrics = self.ctx.metrics.clone();
+                let slots = self.swarm.peer_requests.clone();
                 tokio::spawn(async move {
+                    let Ok(_slot) = slots.acquire_owned().await else {
+                        return;
+                    };
                     let outcome = match conn.fetch_chunk(digest, chunk, len).await {
                         Ok(bytes) if bytes.len() as u32 == len => {
                             metrics.peer_bytes.inc_by(bytes.len() as u64);

@@ -165,7 +165,8 @@ impl Downloads {
                 transfer: n.transfer,
                 discovery: n.discovery,
                 partials,
-                config: scheduler::Config::default(),
+                config: driver::scheduler_config(),
+                peer_requests: Arc::new(tokio::sync::Semaphore::new(driver::MAX_PEER_REQUESTS)),
             })
         });
         Downloads {

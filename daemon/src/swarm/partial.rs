@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt as _;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use shoal_proto::wire::bitfield;
@@ -85,16 +85,13 @@ impl LocalBlobs for Partials {
         self.get(digest).map(|b| b.snapshot())
     }
 
-    fn read_chunk(&self, digest: &Digest, chunk: u32) -> Option<Vec<u8>> {
+    fn chunk_source(&self, digest: &Digest, chunk: u32) -> Option<(Arc<File>, Range<u64>)> {
         let blob = self.get(digest)?;
         let layout = *blob.layout.get()?;
         if !bitfield::get(&lock(&blob.bits), chunk) {
             return None;
         }
-        let range = layout.range(chunk)?;
-        let mut buf = vec![0u8; (range.end - range.start) as usize];
-        blob.file.get()?.read_exact_at(&mut buf, range.start).ok()?;
-        Some(buf)
+        Some((blob.file.get()?.clone(), layout.range(chunk)?))
     }
 
     fn attach(&self, digest: Digest, link: Box<PeerLink>) -> Result<(), Box<PeerLink>> {

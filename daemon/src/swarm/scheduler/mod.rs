@@ -595,7 +595,17 @@ impl Scheduler {
             .unwrap_or(1.0)
             .max(1.0);
         let window_end = self.cursor.saturating_add(self.config.stream_window);
+        // Seeds (complete peers) are shared like the origin when other nodes want the
+        // blob too: each chunk is taken from a seed by its rendezvous owner only, and the
+        // others get it from the owner, so a seed's uplink carries each chunk about once.
+        let share_seeds = self.live_interested(now).len() > 1 && !self.stalled(now);
+        let owned = if share_seeds {
+            self.owned(now).to_vec()
+        } else {
+            Vec::new()
+        };
         for peer in order {
+            let from_seed = share_seeds && !self.peers[&peer].downloading;
             let depth = {
                 let s = self.peers[&peer].score;
                 let share = if s.is_finite() { s / best } else { 1.0 };
@@ -604,7 +614,9 @@ impl Scheduler {
             };
             while self.peers[&peer].in_flight < depth {
                 let candidates = missing.iter().copied().filter(|&c| {
-                    self.peers[&peer].chunks[c as usize] && !self.in_flight.contains_key(&c)
+                    self.peers[&peer].chunks[c as usize]
+                        && !self.in_flight.contains_key(&c)
+                        && (!from_seed || owned.get(c as usize).copied().unwrap_or(true))
                 });
                 // In the window: lowest index first. Past it: rarest, then spread.
                 let pick = candidates.min_by_key(|&c| {
@@ -656,13 +668,7 @@ impl Scheduler {
                 .collect()
         };
         let window_end = self.cursor.saturating_add(self.config.stream_window);
-        // Safety net: if nothing is outstanding and nothing arrived for a grace period,
-        // assignments evidently are not being served; fetch regardless of owner.
-        let stalled = self.in_flight.is_empty()
-            && self
-                .last_progress
-                .is_some_and(|t| now.saturating_sub(t) >= self.config.assignment_grace);
-        let everything = self.origin_only || stalled;
+        let everything = self.origin_only || self.stalled(now);
         let owned = if everything {
             Vec::new()
         } else {
@@ -682,6 +688,15 @@ impl Scheduler {
             }
             self.send(now, Source::Origin, chunk);
         }
+    }
+
+    /// Safety net: nothing outstanding and nothing arrived for a grace period means
+    /// assignments evidently are not being served; fetch regardless of owner.
+    fn stalled(&self, now: Duration) -> bool {
+        self.in_flight.is_empty()
+            && self
+                .last_progress
+                .is_some_and(|t| now.saturating_sub(t) >= self.config.assignment_grace)
     }
 
     fn send(&mut self, now: Duration, source: Source, chunk: u32) {

@@ -453,6 +453,9 @@ struct World {
     completed: HashSet<NodeId>,
     /// Each node's view of the others at t=0 (everyone is a partial provider).
     initial: Vec<(NodeId, Vec<Event>)>,
+    /// A complete node that serves but does not download, and the chunks it sent.
+    seed: Option<NodeId>,
+    seed_uploads: u32,
 }
 
 impl World {
@@ -468,6 +471,8 @@ impl World {
             origin_fetches: BTreeMap::new(),
             completed: HashSet::new(),
             initial: Vec::new(),
+            seed: None,
+            seed_uploads: 0,
         };
         for &id in &ids {
             w.nodes
@@ -489,6 +494,20 @@ impl World {
             })
             .collect();
         w
+    }
+
+    /// Adds a seed holding the whole blob, known to every node from the start.
+    fn with_seed(mut self, chunks: u32) -> World {
+        let seed = NodeId::from_peer_bytes(b"seed");
+        for (_, events) in &mut self.initial {
+            events.push(Event::PeerBitfield {
+                peer: seed,
+                chunks: vec![true; chunks as usize],
+                downloading: false,
+            });
+        }
+        self.seed = Some(seed);
+        self
     }
 
     fn apply(&mut self, t: Duration, node: NodeId, actions: Vec<Action>) {
@@ -513,6 +532,9 @@ impl World {
                     source: Source::Peer(p),
                     chunk,
                 } => {
+                    if self.seed == Some(p) {
+                        self.seed_uploads += 1;
+                    }
                     let ev = if self.dead.contains(&p) {
                         Event::RequestFailed {
                             source: Source::Peer(p),
@@ -638,5 +660,21 @@ fn cold_start_of_sixteen_nodes_stays_within_origin_target() {
     assert!(
         f64::from(total) <= 1.05 * f64::from(chunks),
         "origin fetches {total} for {chunks} chunks"
+    );
+}
+
+#[test]
+fn downloaders_share_a_seed_instead_of_each_taking_everything_from_it() {
+    let chunks = 64;
+    let mut w = World::new(4, chunks, &Config::default()).with_seed(chunks);
+    w.run(Duration::from_secs(60));
+    assert_eq!(w.completed.len(), 4, "every node completes");
+    assert!(w.origin_fetches.is_empty(), "the seed has everything");
+    // About once each (endgame duplicates some of the tail); without sharing the seed
+    // sent 174 chunks here, 2.7 x the blob.
+    assert!(
+        w.seed_uploads <= chunks * 5 / 4,
+        "the seed sent {} chunks for a {chunks}-chunk blob to 4 nodes",
+        w.seed_uploads
     );
 }
