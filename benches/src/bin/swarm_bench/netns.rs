@@ -1,0 +1,148 @@
+//! The emulated network: one network namespace per host, each with an `eth0` veth
+//! whose other end sits on a bridge in a core namespace. Both directions of every link
+//! (the origin's too) are shaped to the same rate with `tc tbf`: the host side shapes
+//! its uploads, the bridge side its downloads.
+
+use std::process::{Command, Output};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Namespace names start with this; a run first removes leftovers of a failed one.
+pub const PREFIX: &str = "shb-";
+const CORE: &str = "shb-core";
+const SUBNET: &str = "10.77.0";
+
+/// One host of the emulated network.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Namespace name.
+    pub ns: String,
+    /// Its address on the bridge.
+    pub ip: String,
+}
+
+/// The namespaces of one run; removed on drop.
+pub struct Network {
+    pub origin: Host,
+    pub nodes: Vec<Host>,
+}
+
+fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+fn ip(args: &[&str]) -> Result<Output> {
+    run(Command::new("ip").args(args))
+}
+
+/// Removes every namespace this harness may have left behind.
+pub fn cleanup() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if name.starts_with(PREFIX) {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+impl Network {
+    /// Builds the origin and `nodes` node hosts with links of `rate` (a tc rate, e.g.
+    /// `200mbit`).
+    pub fn build(nodes: usize, rate: &str) -> Result<Network> {
+        cleanup();
+        ip(&["netns", "add", CORE])?;
+        ip(&["-n", CORE, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", CORE, "link", "set", "br0", "up"])?;
+        let origin = Network::add_host("shb-origin", 1, rate)?;
+        let mut hosts = Vec::new();
+        for i in 0..nodes {
+            hosts.push(Network::add_host(&format!("shb-n{i}"), 10 + i, rate)?);
+        }
+        Ok(Network {
+            origin,
+            nodes: hosts,
+        })
+    }
+
+    fn add_host(ns: &str, octet: usize, rate: &str) -> Result<Host> {
+        let host_if = format!("h{octet}");
+        let core_if = format!("c{octet}");
+        let addr = format!("{SUBNET}.{octet}");
+        ip(&["netns", "add", ns])?;
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &core_if,
+        ])?;
+        ip(&["link", "set", &host_if, "netns", ns])?;
+        ip(&["link", "set", &core_if, "netns", CORE])?;
+        ip(&["-n", CORE, "link", "set", &core_if, "master", "br0"])?;
+        ip(&["-n", CORE, "link", "set", &core_if, "up"])?;
+        ip(&["-n", ns, "link", "set", &host_if, "name", "eth0"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        shape(ns, "eth0", rate)?;
+        shape(CORE, &core_if, rate)?;
+        Ok(Host {
+            ns: ns.to_owned(),
+            ip: addr,
+        })
+    }
+
+    /// Bytes `host` has sent on its link so far.
+    pub fn tx_bytes(host: &Host) -> Result<u64> {
+        let out = ip(&["-n", &host.ns, "-j", "-s", "link", "show", "dev", "eth0"])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        v[0]["stats64"]["tx"]["bytes"]
+            .as_u64()
+            .context("no tx byte counter in `ip -s link` output")
+    }
+}
+
+/// A token bucket on `dev`'s egress: burst of 64 KiB per 100 Mbit/s-ish, latency cap 50 ms.
+fn shape(ns: &str, dev: &str, rate: &str) -> Result<()> {
+    run(Command::new("ip").args([
+        "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+        "burst", "256kb", "latency", "50ms",
+    ]))?;
+    Ok(())
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        cleanup();
+    }
+}
+
+/// Parses a tc-style rate (`200mbit`, `1gbit`, `500kbit`) into bytes per second.
+pub fn rate_bytes_per_sec(rate: &str) -> Result<f64> {
+    let r = rate.trim().to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = r.strip_suffix("gbit") {
+        (n, 1e9)
+    } else if let Some(n) = r.strip_suffix("mbit") {
+        (n, 1e6)
+    } else if let Some(n) = r.strip_suffix("kbit") {
+        (n, 1e3)
+    } else {
+        bail!("rate {rate:?}: use kbit, mbit or gbit");
+    };
+    let n: f64 = num.parse().with_context(|| format!("rate {rate:?}"))?;
+    Ok(n * mult / 8.0)
+}

@@ -1,0 +1,144 @@
+//! The markdown table and the SVG plot.
+
+use std::fmt::Write as _;
+
+use crate::scenario::RunArgs;
+
+/// What one scenario measured.
+pub struct ScenarioResult {
+    pub name: String,
+    /// Per-node completion seconds.
+    pub times: Vec<f64>,
+    pub t_limit: f64,
+    /// Bytes the origin sent during the timed part.
+    pub egress: u64,
+    pub model_bytes: u64,
+    /// Largest peak RSS among the daemons (0 for `direct`).
+    pub peak_rss: u64,
+    /// CPU seconds of all daemons.
+    pub cpu_secs: f64,
+}
+
+impl ScenarioResult {
+    fn sorted(&self) -> Vec<f64> {
+        let mut t = self.times.clone();
+        t.sort_by(f64::total_cmp);
+        t
+    }
+
+    fn max(&self) -> f64 {
+        self.sorted().last().copied().unwrap_or(0.0)
+    }
+}
+
+const HEADER: &str = "| scenario | nodes | min s | median s | max s | T_limit s | max/T_limit | origin egress | egress/model | peak RSS (max) | daemon CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+
+/// One table row.
+pub fn row(r: &ScenarioResult) -> String {
+    let t = r.sorted();
+    let (min, med) = (
+        t.first().copied().unwrap_or(0.0),
+        t.get(t.len() / 2).copied().unwrap_or(0.0),
+    );
+    let rss = if r.peak_rss == 0 {
+        "—".to_owned()
+    } else {
+        format!("{:.0} MiB", r.peak_rss as f64 / 1048576.0)
+    };
+    format!(
+        "| {} | {} | {min:.1} | {med:.1} | {:.1} | {:.1} | {:.2} | {:.0} MiB | {:.3} | {rss} | {:.1} |",
+        r.name,
+        r.times.len(),
+        r.max(),
+        r.t_limit,
+        r.max() / r.t_limit,
+        r.egress as f64 / 1048576.0,
+        r.egress as f64 / r.model_bytes as f64,
+        r.cpu_secs
+    )
+}
+
+pub fn markdown(args: &RunArgs, model_bytes: u64, rate: f64, results: &[ScenarioResult]) -> String {
+    let mut s = format!(
+        "Model {:.0} MiB ({} weight layers + config + 2 doc layers), {} nodes, every link {} ({:.1} MB/s), chunk size {}. T_limit = model / link rate = {:.1} s.\n\n",
+        model_bytes as f64 / 1048576.0,
+        args.layers,
+        args.nodes,
+        args.rate,
+        rate / 1e6,
+        args.chunk_size,
+        model_bytes as f64 / rate
+    );
+    s.push_str(HEADER);
+    for r in results {
+        s.push_str(&row(r));
+        s.push('\n');
+    }
+    s
+}
+
+/// Per-node completion time per scenario, with T_limit as a dashed line.
+pub fn svg(results: &[ScenarioResult]) -> String {
+    let (w, h, pad) = (640.0, 360.0, 50.0);
+    let ymax = results
+        .iter()
+        .map(|r| r.max().max(r.t_limit))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let y = |v: f64| h - pad - (v / ymax) * (h - 2.0 * pad);
+    let band = (w - 2.0 * pad) / results.len().max(1) as f64;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{pad}" y="20">per-node completion time (s); dashed: T_limit</text>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
+        h - pad,
+        w - pad,
+        h - pad
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{}" stroke="black"/>"#,
+        h - pad
+    );
+    for tick in 0..=4 {
+        let v = ymax * tick as f64 / 4.0;
+        let _ = writeln!(s, r#"<text x="5" y="{:.1}">{v:.0}</text>"#, y(v) + 4.0);
+    }
+    for (i, r) in results.iter().enumerate() {
+        let x0 = pad + band * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}">{}</text>"#,
+            x0 + band / 2.0 - 20.0,
+            h - pad + 20.0,
+            r.name
+        );
+        let _ = writeln!(
+            s,
+            r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="gray" stroke-dasharray="4"/>"#,
+            x0 + 5.0,
+            y(r.t_limit),
+            x0 + band - 5.0,
+            y(r.t_limit)
+        );
+        let n = r.times.len().max(1) as f64;
+        for (j, t) in r.times.iter().enumerate() {
+            let x = x0 + band * (j as f64 + 0.5) / n;
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{x:.1}" cy="{:.1}" r="3" fill="steelblue"/>"#,
+                y(*t)
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}

@@ -1,0 +1,402 @@
+//! Running the scenarios on the emulated network.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::netns::{self, Host, Network};
+use crate::report::{self, ScenarioResult};
+
+/// Options of `swarm-bench run`.
+#[derive(clap::Args, Clone)]
+pub struct RunArgs {
+    /// Node hosts.
+    #[arg(long, default_value = "8")]
+    pub nodes: usize,
+    /// Link rate of every host, origin included (tc syntax).
+    #[arg(long, default_value = "200mbit")]
+    pub rate: String,
+    /// Total size of the weight layers.
+    #[arg(long, default_value = "512MiB", value_parser = shoal_daemon::config::parse_size)]
+    pub size: u64,
+    /// Weight layers the size is split into.
+    #[arg(long, default_value = "4")]
+    pub layers: usize,
+    /// shoald's chunk size.
+    #[arg(long, default_value = "4MiB")]
+    pub chunk_size: String,
+    /// Scenarios to run, in order.
+    #[arg(long, value_delimiter = ',', default_value = "direct,cold,warm,churn")]
+    pub scenarios: Vec<String>,
+    /// Output folder (results.md, completion.svg, logs/).
+    #[arg(long, default_value = "swarm-bench-out")]
+    pub out: PathBuf,
+    /// The shoald binary (default: next to this one).
+    #[arg(long)]
+    pub shoald: Option<PathBuf>,
+}
+
+struct Daemon {
+    child: Child,
+    args: Vec<String>,
+    ns: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(ns: &str, shoald: &Path, args: Vec<String>, log: PathBuf) -> Result<Daemon> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(shoald)
+            .args(&args)
+            .env("SHOAL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .context("starting shoald")?;
+        Ok(Daemon {
+            child,
+            args,
+            ns: ns.to_owned(),
+            log,
+        })
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// (peak RSS bytes, CPU seconds) from /proc while it runs.
+    fn usage(&self) -> (u64, f64) {
+        let pid = self.child.id();
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024;
+        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let after = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = after.split_whitespace().collect();
+                let ticks: f64 =
+                    f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+                Some(ticks / 100.0)
+            })
+            .unwrap_or(0.0);
+        (rss, cpu)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Bench {
+    args: RunArgs,
+    net: Network,
+    shoald: PathBuf,
+    work: tempfile::TempDir,
+    model_bytes: u64,
+    rate: f64,
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    for tool in ["ip", "tc", "docker-registry"] {
+        which(tool)?;
+    }
+    let shoald = match &args.shoald {
+        Some(p) => p.clone(),
+        None => crate::self_exe()?.with_file_name("shoald"),
+    };
+    if !shoald.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release -p shoal-daemon) or pass --shoald",
+            shoald.display()
+        );
+    }
+    let rate = netns::rate_bytes_per_sec(&args.rate)?;
+    std::fs::create_dir_all(args.out.join("logs"))?;
+    let net = Network::build(args.nodes, &args.rate)
+        .context("building the emulated network (root needed)")?;
+    let work = tempfile::tempdir()?;
+    std::fs::write(work.path().join("secret"), "swarm-bench secret\n")?;
+    let registry = start_registry(&net.origin, work.path())?;
+    let model_bytes = push_model(&net.origin, &args)?;
+    let mut bench = Bench {
+        args: args.clone(),
+        net,
+        shoald,
+        work,
+        model_bytes,
+        rate,
+    };
+    let mut results = Vec::new();
+    for name in &args.scenarios {
+        eprintln!("== scenario {name}");
+        let r = bench
+            .scenario(name)
+            .await
+            .with_context(|| format!("scenario {name}"))?;
+        eprintln!("{}", report::row(&r));
+        results.push(r);
+    }
+    drop(registry);
+    let md = report::markdown(&args, model_bytes, rate, &results);
+    std::fs::write(args.out.join("results.md"), &md)?;
+    std::fs::write(args.out.join("completion.svg"), report::svg(&results))?;
+    println!("{md}");
+    Ok(())
+}
+
+fn which(tool: &str) -> Result<()> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
+        .unwrap_or(false);
+    if !found {
+        bail!("{tool} not found (apt-get install iproute2 docker-registry)");
+    }
+    Ok(())
+}
+
+struct Registry(Child);
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_registry(origin: &Host, work: &Path) -> Result<Registry> {
+    let config = work.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {}:5000\n",
+            work.join("registry").display(),
+            origin.ip
+        ),
+    )?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &origin.ns, "docker-registry", "serve"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.join("registry.log"))?)
+        .spawn()?;
+    Ok(Registry(child))
+}
+
+fn push_model(origin: &Host, args: &RunArgs) -> Result<u64> {
+    let registry = format!("{}:5000", origin.ip);
+    // The registry needs a moment; push retries for a few seconds.
+    for attempt in 0..50 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &origin.ns])
+            .arg(crate::self_exe()?)
+            .args([
+                "push",
+                "--registry",
+                &registry,
+                "--size",
+                &args.size.to_string(),
+                "--layers",
+                &args.layers.to_string(),
+            ])
+            .output()?;
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .context("push output");
+        }
+        if attempt == 49 {
+            bail!("push failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unreachable!()
+}
+
+impl Bench {
+    fn t_limit(&self) -> f64 {
+        self.model_bytes as f64 / self.rate
+    }
+
+    fn daemon_args(&self, i: usize, scenario: &str) -> Vec<String> {
+        let node = &self.net.nodes[i];
+        let origin = format!("{}:5000", self.net.origin.ip);
+        let mut a: Vec<String> = vec![
+            "--data-dir".into(),
+            self.work
+                .path()
+                .join(scenario)
+                .join(format!("n{i}"))
+                .display()
+                .to_string(),
+            "--mirror-addr".into(),
+            "127.0.0.1:5050".into(),
+            "--p2p-addr".into(),
+            format!("{}:4001", node.ip),
+            "--transfer-addr".into(),
+            format!("{}:4002", node.ip),
+            "--insecure-registry".into(),
+            origin.clone(),
+            "--default-upstream".into(),
+            origin,
+            "--cluster-secret-file".into(),
+            self.work.path().join("secret").display().to_string(),
+            "--chunk-size".into(),
+            self.args.chunk_size.clone(),
+        ];
+        if i > 0 {
+            a.push("--bootstrap".into());
+            a.push(format!("{}:4001", self.net.nodes[0].ip));
+        }
+        a
+    }
+
+    fn start_daemons(&self, scenario: &str) -> Result<Vec<Daemon>> {
+        let mut daemons = Vec::new();
+        for (i, node) in self.net.nodes.iter().enumerate() {
+            let log = self
+                .args
+                .out
+                .join("logs")
+                .join(format!("{scenario}-n{i}.log"));
+            let _ = std::fs::remove_file(&log);
+            daemons.push(Daemon::spawn(
+                &node.ns,
+                &self.shoald,
+                self.daemon_args(i, scenario),
+                log,
+            )?);
+        }
+        // Every node should know every other before the rollout starts.
+        let want = self.net.nodes.len() - 1;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if daemons
+                .iter()
+                .all(|d| d.logs().matches("peer identified").count() >= want)
+            {
+                return Ok(daemons);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("warning: not every node identified all {want} peers within 30 s");
+        Ok(daemons)
+    }
+
+    /// Spawns a pull in every node of `which`; returns the children.
+    fn spawn_pulls(
+        &self,
+        which: &[usize],
+        base: &str,
+    ) -> Result<Vec<(usize, std::process::Child)>> {
+        let exe = crate::self_exe()?;
+        which
+            .iter()
+            .map(|&i| {
+                let child = Command::new("ip")
+                    .args(["netns", "exec", &self.net.nodes[i].ns])
+                    .arg(&exe)
+                    .args(["pull", "--base", base])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                Ok((i, child))
+            })
+            .collect()
+    }
+
+    fn collect(pulls: Vec<(usize, Child)>) -> Result<Vec<(usize, f64)>> {
+        let mut times = Vec::new();
+        for (i, child) in pulls {
+            let out = child.wait_with_output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() {
+                bail!("node {i}'s pull failed");
+            }
+            let secs: f64 = text
+                .split_whitespace()
+                .next()
+                .and_then(|s| s.parse().ok())
+                .context("pull output")?;
+            times.push((i, secs));
+        }
+        Ok(times)
+    }
+
+    async fn scenario(&mut self, name: &str) -> Result<ScenarioResult> {
+        let all: Vec<usize> = (0..self.net.nodes.len()).collect();
+        let origin_base = format!("http://{}:5000", self.net.origin.ip);
+        let mirror = "http://127.0.0.1:5050";
+        let mut daemons = Vec::new();
+        let (times, egress) = match name {
+            "direct" => {
+                let before = Network::tx_bytes(&self.net.origin)?;
+                let times = Bench::collect(self.spawn_pulls(&all, &origin_base)?)?;
+                (times, Network::tx_bytes(&self.net.origin)? - before)
+            }
+            "cold" | "churn" => {
+                daemons = self.start_daemons(name)?;
+                let before = Network::tx_bytes(&self.net.origin)?;
+                let pulls = self.spawn_pulls(&all, mirror)?;
+                if name == "churn" {
+                    std::thread::sleep(Duration::from_secs_f64(self.t_limit() * 0.4));
+                    let victims: Vec<usize> = all.iter().copied().filter(|i| i % 3 == 1).collect();
+                    for &v in &victims {
+                        daemons[v].kill();
+                    }
+                    eprintln!("killed nodes {victims:?}");
+                    std::thread::sleep(Duration::from_secs(1));
+                    for &v in &victims {
+                        let d = &daemons[v];
+                        daemons[v] =
+                            Daemon::spawn(&d.ns, &self.shoald, d.args.clone(), d.log.clone())?;
+                    }
+                }
+                let times = Bench::collect(pulls)?;
+                (times, Network::tx_bytes(&self.net.origin)? - before)
+            }
+            "warm" => {
+                daemons = self.start_daemons(name)?;
+                Bench::collect(self.spawn_pulls(&[0], mirror)?)?;
+                let before = Network::tx_bytes(&self.net.origin)?;
+                let times = Bench::collect(self.spawn_pulls(&all[1..], mirror)?)?;
+                (times, Network::tx_bytes(&self.net.origin)? - before)
+            }
+            other => bail!("unknown scenario {other:?} (direct, cold, warm, churn)"),
+        };
+        let usage: Vec<(u64, f64)> = daemons.iter().map(Daemon::usage).collect();
+        drop(daemons);
+        let _ = std::fs::remove_dir_all(self.work.path().join(name));
+        Ok(ScenarioResult {
+            name: name.to_owned(),
+            times: times.into_iter().map(|(_, t)| t).collect(),
+            t_limit: self.t_limit(),
+            egress,
+            model_bytes: self.model_bytes,
+            peak_rss: usage.iter().map(|u| u.0).max().unwrap_or(0),
+            cpu_secs: usage.iter().map(|u| u.1).sum(),
+        })
+    }
+}

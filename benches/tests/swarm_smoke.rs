@@ -1,0 +1,67 @@
+//! A reduced run of the swarm benchmark (3 nodes, small model), so the harness keeps
+//! working: it must build the namespaces, run the scenarios, report, and clean up.
+//! It checks behaviour only (every pull completes, the cold rollout's origin egress
+//! stays near one copy, the report is written); speed is for the full benchmark.
+
+use std::path::Path;
+use std::process::Command;
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+#[test]
+fn swarm_bench_smoke_run() {
+    let exe = env!("CARGO_BIN_EXE_swarm-bench");
+    let shoald = Path::new(exe).with_file_name("shoald");
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let missing = ["ip", "tc", "docker-registry"]
+        .into_iter()
+        .filter(|t| {
+            !std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).exists()))
+        })
+        .collect::<Vec<_>>();
+    if !is_root || !missing.is_empty() || !shoald.exists() {
+        let why = format!(
+            "needs root, {missing:?} installed, and {} built",
+            shoald.display()
+        );
+        assert!(!ci(), "swarm benchmark smoke run {why}");
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(exe)
+        .args([
+            "run", "--nodes", "3", "--rate", "1gbit", "--size", "24MiB", "--layers", "2",
+        ])
+        .args(["--scenarios", "direct,cold,warm,churn", "--out"])
+        .arg(out.path())
+        .arg("--shoald")
+        .arg(&shoald)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "swarm-bench failed: {stderr}");
+    let report = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+    for scenario in ["direct", "cold", "warm", "churn"] {
+        assert!(report.contains(&format!("| {scenario} |")), "{report}");
+    }
+    let cold = report.lines().find(|l| l.starts_with("| cold |")).unwrap();
+    let egress_ratio: f64 = cold.split('|').nth(9).unwrap().trim().parse().unwrap();
+    assert!(
+        egress_ratio <= 1.1,
+        "cold rollout origin egress {egress_ratio} x model: {report}"
+    );
+    let svg = std::fs::read_to_string(out.path().join("completion.svg")).unwrap();
+    assert!(svg.contains("<circle"), "plot has points");
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&left.stdout).contains("shb-"),
+        "namespaces cleaned up"
+    );
+}
