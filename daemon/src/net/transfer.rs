@@ -91,6 +91,7 @@ pub struct Transfer {
     uploads: Semaphore,
     upload_rate: RateLimit,
     download_rate: Arc<RateLimit>,
+    connections: std::sync::Mutex<std::collections::HashMap<PeerId, Arc<PeerConnection>>>,
     local: std::sync::OnceLock<Arc<dyn LocalBlobs>>,
 }
 
@@ -199,6 +200,7 @@ impl Transfer {
             uploads,
             upload_rate: RateLimit::new(options.max_upload_rate),
             download_rate: Arc::new(RateLimit::new(options.max_download_rate)),
+            connections: Default::default(),
             local: std::sync::OnceLock::new(),
         });
         let serving = transfer.clone();
@@ -238,6 +240,31 @@ impl Transfer {
             nonce,
             binding,
         )
+    }
+
+    /// A live connection to `peer`, reusing the one other downloads opened: one
+    /// connection per peer pair and direction, not one per blob (each costs a handshake
+    /// and its own flow-control buffers).
+    pub async fn connection(
+        &self,
+        addr: SocketAddr,
+        peer: PeerId,
+    ) -> Result<Arc<PeerConnection>, NetError> {
+        let cached = self
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .filter(|c| !c.is_closed())
+            .cloned();
+        if let Some(conn) = cached {
+            return Ok(conn);
+        }
+        let conn = Arc::new(self.connect(addr, Some(peer)).await?);
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.retain(|_, c| !c.is_closed());
+        // Two downloads may have connected at once; keep the first.
+        Ok(connections.entry(peer).or_insert(conn).clone())
     }
 
     /// Connects to a peer; with `expected` set, TLS fails unless it is that PeerId.
@@ -520,6 +547,8 @@ impl Transfer {
             return Ok(());
         };
         let len = (range.end - range.start) as u32;
+        // Bulk data yields to have-maps and index answers on the same connection.
+        let _ = send.set_priority(-1);
         write_message(&mut send, &Message::ChunkData { digest, chunk, len }).await?;
         // Stream the chunk in pieces: a whole-chunk buffer per upload is what would
         // dominate a seed's memory with many peers.

@@ -21,8 +21,9 @@ use crate::net::transfer::{PeerConnection, PeerLink, Transfer};
 use crate::net::NetError;
 use crate::upstream::{Target, UpstreamError, UpstreamRequest};
 
-/// How long connecting and subscribing to one peer may take.
-const LINK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long connecting and subscribing to one peer may take (a busy peer's answer
+/// queues behind the chunk data it is sending).
+const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The scheduler's name for a peer.
 pub(super) fn node_id(peer: &PeerId) -> NodeId {
@@ -38,11 +39,9 @@ pub(super) async fn link_provider(
     ours: (Option<ChunkLayout>, Vec<u8>),
 ) -> Result<Option<(Arc<PeerConnection>, PeerLink)>, NetError> {
     let attempt = async {
-        let conn = Arc::new(
-            transfer
-                .connect(provider.transfer, Some(provider.peer))
-                .await?,
-        );
+        let conn = transfer
+            .connection(provider.transfer, provider.peer)
+            .await?;
         match conn.subscribe(digest, ours.0, ours.1).await {
             Ok(link) => Ok(Some((conn, link))),
             Err(NetError::Rejected(_)) => Ok(None),
@@ -264,11 +263,11 @@ pub(super) async fn dial_back(
 ) -> Option<(Arc<PeerConnection>, PeerLink)> {
     match tokio::time::timeout(
         Duration::from_secs(3),
-        transfer.connect(link.addr, Some(link.peer)),
+        transfer.connection(link.addr, link.peer),
     )
     .await
     {
-        Ok(Ok(conn)) => Some((Arc::new(conn), *link)),
+        Ok(Ok(conn)) => Some((conn, *link)),
         Ok(Err(e)) => {
             tracing::info!(peer = %link.peer, error = %e, "cannot connect back to interested peer");
             None

@@ -2,6 +2,7 @@
 //! resolution of a tag some node has seen, and a manifest's bytes by digest. Tags from
 //! peers are hints; the manifest they name is verified against its digest.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -18,8 +19,8 @@ const MAX_ASKED: usize = 8;
 /// Time for connecting and answering, per peer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn connect(swarm: &PeerSwarm, p: &Provider) -> Option<PeerConnection> {
-    let connecting = swarm.transfer.connect(p.transfer, Some(p.peer));
+async fn connect(swarm: &PeerSwarm, p: &Provider) -> Option<Arc<PeerConnection>> {
+    let connecting = swarm.transfer.connection(p.transfer, p.peer);
     tokio::time::timeout(ASK_TIMEOUT, connecting)
         .await
         .ok()?
