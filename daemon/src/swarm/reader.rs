@@ -2,19 +2,23 @@
 //! a staging file while a download is still writing it.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read as _, Seek as _};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::Progress;
 
 /// Read size per step. Large enough for loopback throughput, small enough that a slow
 /// client costs little memory.
 const READ_SIZE: usize = 512 * 1024;
+/// Read size for committed blobs, and how many pieces may wait for the socket
+/// (4 MiB per client at most).
+const COMMITTED_READ_SIZE: usize = 1024 * 1024;
+const READ_AHEAD: usize = 4;
 
 /// Where the bytes come from.
 pub enum BlobSource {
@@ -38,7 +42,13 @@ pub fn stream_range(
 ) -> impl Stream<Item = io::Result<Bytes>> + Send {
     async_stream::try_stream! {
         let (file, mut progress) = match source {
-            BlobSource::Committed(f) => (f, None),
+            BlobSource::Committed(f) => {
+                let mut pieces = read_ahead(f, start, end);
+                while let Some(piece) = pieces.recv().await {
+                    yield piece?;
+                }
+                return;
+            }
             BlobSource::Download { file, progress } => (file, Some(progress)),
         };
         // An empty blob has no final piece to hold back: wait for the verdict instead.
@@ -75,6 +85,46 @@ pub fn stream_range(
             yield chunk;
         }
     }
+}
+
+/// Pieces of a committed blob read on a blocking thread a few pieces ahead of the
+/// socket, so the disk read (or page-cache copy) of one piece overlaps sending the
+/// previous ones. Stops when the client goes away (the receiver is dropped).
+fn read_ahead(file: Arc<File>, start: u64, end: u64) -> mpsc::Receiver<io::Result<Bytes>> {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        // A sequential reader of our own (not pread into zeroed buffers): `read_to_end`
+        // fills spare capacity without initialising it first.
+        let mut reader = match file.try_clone().and_then(|mut f| {
+            f.seek(io::SeekFrom::Start(start))?;
+            Ok(f)
+        }) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        let mut pos = start;
+        while pos < end {
+            let want = (end - pos).min(COMMITTED_READ_SIZE as u64) as usize;
+            let mut buf = Vec::with_capacity(want);
+            let piece = match (&mut reader).take(want as u64).read_to_end(&mut buf) {
+                Ok(n) if n == want => Ok(Bytes::from(buf)),
+                Ok(n) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("blob file ended {n} bytes into a {want}-byte read"),
+                )),
+                Err(e) => Err(e),
+            };
+            let failed = piece.is_err();
+            if tx.blocking_send(piece).is_err() || failed {
+                return;
+            }
+            pos += want as u64;
+        }
+    });
+    rx
 }
 
 /// Waits until more than `pos` bytes are readable; returns how many are.
