@@ -17,7 +17,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use sha2::{Digest as _, Sha256};
 
 const SIZE: usize = 1 << 30;
 const ROUNDS: usize = 5;
@@ -52,18 +51,6 @@ fn shoald_path() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn random_bytes(len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for chunk in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    out
 }
 
 async fn wait_up(url: &str) {
@@ -120,31 +107,11 @@ async fn main() {
     let registry = format!("127.0.0.1:{reg_port}");
     wait_up(&format!("http://{registry}/v2/")).await;
 
-    let blob = random_bytes(SIZE);
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&blob)));
     let client = reqwest::Client::new();
-    let r = client
-        .post(format!("http://{registry}/v2/bench/serve/blobs/uploads/"))
-        .send()
+    let blob = shoal_benches::random_bytes(SIZE, 1);
+    let digest = shoal_benches::push_blob(&client, &registry, "bench/serve", blob)
         .await
-        .expect("upload start");
-    let loc = r.headers()["location"]
-        .to_str()
-        .expect("location")
-        .to_owned();
-    let loc = if loc.starts_with("http") {
-        loc
-    } else {
-        format!("http://{registry}{loc}")
-    };
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    let r = client
-        .put(format!("{loc}{sep}digest={digest}"))
-        .body(blob)
-        .send()
-        .await
-        .expect("upload");
-    assert_eq!(r.status(), 201, "push");
+        .expect("push");
 
     let mirror_port = free_port();
     let _shoald = Kill(

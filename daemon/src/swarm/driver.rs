@@ -566,26 +566,13 @@ impl Run {
         started: Instant,
         resumed: u64,
     ) -> Result<(), DownloadError> {
-        let ingest = writer
-            .await
-            .map_err(|e| DownloadError::Task(e.to_string()))??;
-        let committed = tokio::task::spawn_blocking(move || ingest.commit())
-            .await
-            .map_err(|e| DownloadError::Task(e.to_string()))?;
-        match committed {
-            Ok(record) => {
-                tracing::info!(
-                    size = record.size(),
-                    resumed_bytes = resumed,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "blob committed"
-                );
-                Ok(())
-            }
-            Err(StoreError::DigestMismatch { .. }) if self.from_peers_unverified => {
+        match super::commit(writer, started, resumed).await {
+            Err(DownloadError::Store(StoreError::DigestMismatch { .. }))
+                if self.from_peers_unverified =>
+            {
                 Err(DownloadError::CorruptFromPeers(self.digest))
             }
-            Err(e) => Err(e.into()),
+            other => other,
         }
     }
 }

@@ -144,17 +144,7 @@ pub(super) async fn run(
             }
         }
         drop(bytes_tx);
-        let ingest = writer.await.map_err(|e| DownloadError::Task(e.to_string()))??;
-        let record = tokio::task::spawn_blocking(move || ingest.commit())
-            .await
-            .map_err(|e| DownloadError::Task(e.to_string()))??;
-        tracing::info!(
-            size = record.size(),
-            resumed_bytes = resumed,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "blob committed"
-        );
-        Ok(())
+        super::commit(writer, started, resumed).await
     }
     .instrument(span)
     .await

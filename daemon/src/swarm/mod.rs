@@ -120,6 +120,27 @@ fn publish_committed(
     Ok(true)
 }
 
+/// Waits for a download's writer to finish, then verifies the sha256 and commits.
+async fn commit(
+    writer: tokio::task::JoinHandle<Result<crate::store::Ingest, DownloadError>>,
+    started: std::time::Instant,
+    resumed: u64,
+) -> Result<(), DownloadError> {
+    let ingest = writer
+        .await
+        .map_err(|e| DownloadError::Task(e.to_string()))??;
+    let record = tokio::task::spawn_blocking(move || ingest.commit())
+        .await
+        .map_err(|e| DownloadError::Task(e.to_string()))??;
+    tracing::info!(
+        size = record.size(),
+        resumed_bytes = resumed,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "blob committed"
+    );
+    Ok(())
+}
+
 /// Shared context of all downloads.
 pub(crate) struct Context {
     pub(crate) store: Arc<Store>,

@@ -30,19 +30,6 @@ impl Blob {
     }
 }
 
-/// Deterministic incompressible bytes (xorshift).
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for chunk in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    out
-}
-
 /// Pushes a model of `weights` bytes in `layers` weight layers to `registry` (host:port)
 /// as `repo:tag`; returns the total bytes of its blobs.
 pub async fn push(
@@ -69,39 +56,23 @@ pub async fn push(
         let size = (weights / layers as u64) as usize;
         blobs.push(Blob {
             media_type: "application/vnd.cncf.model.weight.v1.raw",
-            bytes: random_bytes(size, seed * 100 + i as u64),
+            bytes: shoal_benches::random_bytes(size, seed * 100 + i as u64),
             title: format!("model-{i:05}-of-{layers:05}.safetensors"),
         });
     }
     for (i, name) in ["README.md", "LICENSE"].iter().enumerate() {
         blobs.push(Blob {
             media_type: "application/vnd.cncf.model.doc.v1.raw",
-            bytes: random_bytes(16 * 1024, seed * 1000 + i as u64),
+            bytes: shoal_benches::random_bytes(16 * 1024, seed * 1000 + i as u64),
             title: (*name).into(),
         });
     }
     let mut total = 0;
     for blob in std::iter::once(&config).chain(&blobs) {
-        let r = client.post(format!("{base}/blobs/uploads/")).send().await?;
-        if r.status() != 202 {
-            bail!("starting upload: {}", r.status());
-        }
-        let loc = r.headers()["location"].to_str()?.to_owned();
-        let loc = if loc.starts_with("http") {
-            loc
-        } else {
-            format!("http://{registry}{loc}")
-        };
-        let sep = if loc.contains('?') { '&' } else { '?' };
-        let r = client
-            .put(format!("{loc}{sep}digest={}", blob.digest()))
-            .header("content-type", "application/octet-stream")
-            .body(blob.bytes.clone())
-            .send()
-            .await?;
-        if r.status() != 201 {
-            bail!("uploading {}: {}", blob.title, r.status());
-        }
+        shoal_benches::push_blob(&client, registry, repo, blob.bytes.clone())
+            .await
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("pushing {}", blob.title))?;
         total += blob.bytes.len() as u64;
     }
     let manifest = serde_json::json!({
