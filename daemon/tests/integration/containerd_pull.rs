@@ -38,18 +38,7 @@ async fn containerd_pulls_through_mirror_and_survives_origin_loss() {
     };
 
     let by_tag = format!("{}/library/app:v1", reg.host());
-    let pull = |c: &Containerd, r: &str| {
-        c.ctr(&[
-            "images",
-            "pull",
-            "--hosts-dir",
-            hosts_dir,
-            "--plain-http",
-            "--snapshotter",
-            "native",
-            r,
-        ])
-    };
+    let pull = |c: &Containerd, r: &str| c.pull_image(hosts_dir, r);
     check(&pull(&ctrd, &by_tag), "ctr images pull");
     assert_eq!(
         snapshot_file(&ctrd, "etc/hello.txt").as_deref(),

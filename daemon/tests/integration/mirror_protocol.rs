@@ -272,14 +272,7 @@ async fn manifests_keep_their_media_types() {
             }
         }
     }
-    let got: serde_json::Value = c
-        .get(s.url(&format!("/v2/team/model/manifests/v1?ns={ns}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = get_json(&c, &s.url(&format!("/v2/team/model/manifests/v1?ns={ns}"))).await;
     assert_eq!(got["artifactType"], MODEL_ARTIFACT);
 
     // Unknown tag and unknown repository: 404 MANIFEST_UNKNOWN, as the upstream says.
@@ -309,14 +302,7 @@ async fn manifests_keep_their_media_types() {
         .unwrap()
         .status();
     assert_eq!(via, direct);
-    let tags: serde_json::Value = c
-        .get(s.url(&format!("/v2/team/oci/tags/list?ns={ns}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags = get_json(&c, &s.url(&format!("/v2/team/oci/tags/list?ns={ns}"))).await;
     let mut names: Vec<String> = tags["tags"]
         .as_array()
         .unwrap()
@@ -430,4 +416,8 @@ async fn tags_cache_and_stale_if_error() {
     assert_eq!(error_code(&r.text().await.unwrap()), "UNKNOWN");
     let (status, _) = digest_of(&no_ttl, "never-seen").await;
     assert_eq!(status, 502);
+}
+
+async fn get_json(c: &reqwest::Client, url: &str) -> serde_json::Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
 }

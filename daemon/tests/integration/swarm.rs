@@ -306,16 +306,7 @@ async fn warm_swarm_serves_an_image_with_the_origin_down() {
     let reference = format!("{}/library/warm:v1", swarm.proxy.host());
     let hosts_dir = hosts.path().to_str().unwrap();
     check(
-        &ctrd.ctr(&[
-            "images",
-            "pull",
-            "--hosts-dir",
-            hosts_dir,
-            "--plain-http",
-            "--snapshotter",
-            "native",
-            &reference,
-        ]),
+        &ctrd.pull_image(hosts_dir, &reference),
         "ctr images pull from a swarm without origin",
     );
     assert_eq!(swarm.egress(), egress, "nothing came from the origin");

@@ -73,6 +73,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
             .expect("run ctr")
     }
 
+    /// `ctr images pull` of `reference` through the hosts.toml files in `hosts_dir`
+    /// (plain HTTP, native snapshotter: no overlayfs needed), as the kubelet's pull would.
+    pub fn pull_image(&self, hosts_dir: &str, reference: &str) -> Output {
+        self.ctr(&[
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts_dir,
+            "--plain-http",
+            "--snapshotter",
+            "native",
+            reference,
+        ])
+    }
+
     /// Writes `<hosts_dir>/<registry>/hosts.toml` naming `mirror` as a pull/resolve
     /// mirror ahead of the registry itself, exactly as an operator would.
     pub fn write_hosts(hosts_dir: &Path, registry: &str, mirror: &str) {
