@@ -156,7 +156,8 @@ pub struct PeerNetwork {
     pub discovery: Arc<crate::net::discovery::Discovery>,
 }
 
-/// The registry of running downloads.
+/// The registry of running downloads (a cheap handle: clones share it).
+#[derive(Clone)]
 pub struct Downloads {
     ctx: Arc<Context>,
     swarm: Option<Arc<driver::PeerSwarm>>,
@@ -232,7 +233,7 @@ impl Downloads {
         let registry = self.running.clone();
         let target = target.clone();
         let swarm = self.swarm.clone().filter(|_| !origin_only);
-        let this = self.clone_handle();
+        let this = self.clone();
         tokio::spawn(async move {
             let tx = Arc::new(tx);
             let result = match &swarm {
@@ -258,14 +259,6 @@ impl Downloads {
             }
         });
         download
-    }
-
-    fn clone_handle(&self) -> Downloads {
-        Downloads {
-            ctx: self.ctx.clone(),
-            swarm: self.swarm.clone(),
-            running: self.running.clone(),
-        }
     }
 
     /// Size of a running download, if one runs and its size is known.
