@@ -9,13 +9,18 @@
 //! - [`name`]: OCI repository names, validated against the distribution spec grammar.
 //! - [`chunk`]: chunk geometry (how a blob is cut into fixed-size chunks) and the
 //!   per-chunk BLAKE3 chunk index.
+//! - [`oci`]: image references (`registry/repo:tag@digest`), manifests, descriptors and
+//!   platforms, for walking a model down to its blobs.
+//! - [`control`]: the control API's JSON bodies (`shoal` ↔ `shoald`).
 //! - [`wire`]: the peer protocol (framing, messages, versioning, security); its module
 //!   docs are the protocol's specification.
 #![deny(missing_docs)]
 
 pub mod chunk;
+pub mod control;
 pub mod digest;
 pub mod name;
+pub mod oci;
 pub mod wire;
 
 pub use chunk::{ChunkHash, ChunkIndex, ChunkLayout, DEFAULT_CHUNK_SIZE};

@@ -36,6 +36,8 @@
 //! | 9 | `Error` | code u16, message (u16 len + UTF-8, at most [`MAX_TEXT`] bytes) |
 //! | 10 | `TagRequest` | tag key (text: `registry/repository:tag`) |
 //! | 11 | `Tag` | tag key (text), digest, resolved-at u64 (Unix seconds), media type (text) |
+//! | 12 | `PreheatRequest` | image reference (text) |
+//! | 13 | `PreheatStatus` | image reference (text), state u8, done u64, total u64, message (text) |
 //!
 //! Tags are asked of peers only when the origin is unreachable (an offline swarm still
 //! resolves tags some node has seen); the answer is a hint whose manifest is then
@@ -49,6 +51,9 @@
 //! - `Request` → `ChunkData` + raw bytes, or `Reject` (`NotPresent`, `Busy`).
 //! - `IndexRequest` → `Index` (only from a node holding the verified blob), or `Reject`.
 //! - `TagRequest` → `Tag`, or `Reject`.
+//! - `PreheatRequest` → `PreheatStatus`: starts fetching the reference into the
+//!   receiver's store unless it already is, and reports where that stands (state 0
+//!   running, 1 done, 2 failed with the message). Asking again is how progress is polled.
 //! - `HaveMap` opens an *interest link* for one blob that lasts the download: the other
 //!   side answers with its own `HaveMap` (or `Reject` when it neither holds nor wants the
 //!   blob), then both send `HaveMap` (full state, replaces the last) and `Have` (one more
@@ -198,6 +203,24 @@ pub enum Message {
         /// Manifest media type.
         media_type: String,
     },
+    /// Asks a node to fetch an image or model into its store (`shoal preheat`).
+    PreheatRequest {
+        /// `registry/repository:tag` or `...@digest`.
+        reference: String,
+    },
+    /// Where a preheat stands on the node that was asked.
+    PreheatStatus {
+        /// The reference asked for.
+        reference: String,
+        /// [`crate::control::PreheatState`] code.
+        state: u8,
+        /// Bytes of the model present.
+        done: u64,
+        /// Bytes of the model (0 until its manifest is read).
+        total: u64,
+        /// Failure reason, or empty.
+        message: String,
+    },
     /// A protocol error; the sender closes the connection after it.
     Error {
         /// Machine-readable code.
@@ -341,6 +364,8 @@ impl Message {
             Message::Error { .. } => 9,
             Message::TagRequest { .. } => 10,
             Message::Tag { .. } => 11,
+            Message::PreheatRequest { .. } => 12,
+            Message::PreheatStatus { .. } => 13,
         }
     }
 
@@ -411,6 +436,20 @@ impl Message {
                 out.extend_from_slice(digest.as_bytes());
                 out.extend_from_slice(&resolved_at.to_be_bytes());
                 put_text(out, media_type);
+            }
+            Message::PreheatRequest { reference } => put_text(out, reference),
+            Message::PreheatStatus {
+                reference,
+                state,
+                done,
+                total,
+                message,
+            } => {
+                put_text(out, reference);
+                out.push(*state);
+                out.extend_from_slice(&done.to_be_bytes());
+                out.extend_from_slice(&total.to_be_bytes());
+                put_text(out, message);
             }
         }
         let len = (out.len() - start - LENGTH_PREFIX) as u32;
@@ -543,6 +582,16 @@ impl Message {
                 digest: r.digest()?,
                 resolved_at: r.u64()?,
                 media_type: r.text()?,
+            },
+            12 => Message::PreheatRequest {
+                reference: r.text()?,
+            },
+            13 => Message::PreheatStatus {
+                reference: r.text()?,
+                state: r.u8()?,
+                done: r.u64()?,
+                total: r.u64()?,
+                message: r.text()?,
             },
             other => return Err(DecodeError::UnknownType(other)),
         };

@@ -63,6 +63,16 @@ fn samples() -> Vec<Message> {
             resolved_at: 1_790_000_000,
             media_type: "application/vnd.oci.image.index.v1+json".into(),
         },
+        Message::PreheatRequest {
+            reference: "ghcr.io/org/model:v1".into(),
+        },
+        Message::PreheatStatus {
+            reference: "ghcr.io/org/model:v1".into(),
+            state: 2,
+            done: 1 << 33,
+            total: 1 << 34,
+            message: "origin unreachable".into(),
+        },
     ]
 }
 
