@@ -1,16 +1,29 @@
-//! `shoal`: the command-line client for shoald.
-//!
-//! The control API it drives is tracked in issue 5; today it only reports its version
-//! so that the workspace layout and packaging are in place.
-use clap::Parser;
+//! `shoal`: drive and inspect a shoald node. See `shoal --help`.
 
-/// Drive and inspect a shoal node (the control API is not implemented yet).
-#[derive(Parser)]
-#[command(name = "shoal", version, about)]
-struct Cli {}
+mod cli;
+
+use clap::Parser;
+use shoal_client::error::exit;
 
 fn main() {
-    let _ = Cli::parse();
-    eprintln!("shoal: the control API is not implemented yet; see `shoald --help` for the daemon");
-    std::process::exit(2);
+    let args = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shoal: starting the async runtime: {e}");
+            std::process::exit(exit::FAILURE);
+        }
+    };
+    let code = match runtime.block_on(cli::run(args)) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("shoal: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
 }

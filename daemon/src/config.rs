@@ -53,6 +53,16 @@ pub struct Config {
     )]
     pub mirror_addr: SocketAddr,
 
+    /// Unix socket of the control API the `shoal` CLI talks to (default:
+    /// `<data-dir>/shoald.sock`). Access is whoever may open the file (mode 0660).
+    #[arg(long, env = "SHOAL_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Also serve the control API on this TCP address. Off loopback it needs
+    /// --cluster-secret-file, and clients send the secret as `Authorization: Bearer`.
+    #[arg(long, env = "SHOAL_CONTROL_ADDR", value_name = "HOST:PORT")]
+    pub control_addr: Option<SocketAddr>,
+
     /// Upstream registry reached over plain HTTP instead of HTTPS (repeatable).
     #[arg(
         long,
@@ -160,6 +170,15 @@ pub struct Config {
         default_value = "3"
     )]
     pub upstream_retries: u32,
+}
+
+impl Config {
+    /// Where the control socket is: the flag, or `shoald.sock` in the data directory.
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("shoald.sock"))
+    }
 }
 
 /// Parses `1234`, `10K`, `4MiB`, `1.5G`, ... (binary and decimal suffixes).

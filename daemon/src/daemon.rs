@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::control::{self, Control};
 use crate::metrics::Metrics;
 use crate::mirror::{self, Mirror};
 use crate::store::{Store, StoreError};
@@ -30,6 +31,14 @@ pub enum StartError {
     /// Options that do not work together.
     #[error("{0}")]
     Config(String),
+    /// The control socket or address could not be set up.
+    #[error("control API on {at}: {source}")]
+    Control {
+        /// Socket path or address.
+        at: String,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// The mirror address could not be bound.
     #[error("binding mirror address {addr}: {source}")]
     Bind {
@@ -48,8 +57,15 @@ pub struct Daemon {
     pub peer_id: libp2p_identity::PeerId,
     /// The peer transfer endpoint, when enabled.
     pub transfer: Option<Arc<crate::net::transfer::Transfer>>,
+    /// The control API's unix socket.
+    pub control_socket: std::path::PathBuf,
+    /// The control API's TCP address, when enabled.
+    pub control_addr: Option<SocketAddr>,
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    control_unix: tokio::net::UnixListener,
+    control_tcp: Option<(tokio::net::TcpListener, axum::Router)>,
+    control_router: axum::Router,
 }
 
 impl Daemon {
@@ -109,6 +125,7 @@ impl Daemon {
             }
             None => None,
         };
+        let mut control_network = None;
         let network = match (&transfer, config.p2p_addr) {
             (Some(transfer), Some(listen)) => {
                 let options = crate::net::discovery::DiscoveryOptions {
@@ -121,6 +138,7 @@ impl Daemon {
                 };
                 let discovery =
                     crate::net::discovery::Discovery::start(keypair.clone(), options).await?;
+                control_network = Some((transfer.clone(), discovery.clone()));
                 Some(PeerNetwork {
                     transfer: transfer.clone(),
                     discovery,
@@ -134,11 +152,12 @@ impl Daemon {
             _ => None,
         };
         let metrics = Arc::new(Metrics::default());
+        let downloads = Downloads::new(store.clone(), upstream.clone(), metrics.clone(), network);
         let mirror = Arc::new(Mirror {
-            downloads: Downloads::new(store.clone(), upstream.clone(), metrics.clone(), network),
-            store,
+            downloads: downloads.clone(),
+            store: store.clone(),
             upstream,
-            metrics,
+            metrics: metrics.clone(),
             default_upstream: config.default_upstream.clone(),
             tag_ttl: config.tag_ttl,
             stale_if_error: config.stale_if_error,
@@ -153,22 +172,119 @@ impl Daemon {
             addr: config.mirror_addr,
             source,
         })?;
+        let control = Arc::new(Control::new(
+            store,
+            downloads,
+            metrics,
+            control_network,
+            peer_id.to_string(),
+            mirror_addr,
+            config.default_upstream.clone(),
+        ));
+        let control_socket = config.control_socket_path();
+        let control_unix = bind_control_socket(&control_socket)?;
+        let control_tcp = match config.control_addr {
+            Some(addr) => {
+                let token = match &config.cluster_secret_file {
+                    Some(p) => Some(
+                        String::from_utf8(crate::net::identity::read_secret(p)?).map_err(|_| {
+                            StartError::Config(
+                                "--control-addr uses the cluster secret as a bearer token, so it must be text".into(),
+                            )
+                        })?,
+                    ),
+                    None if addr.ip().is_loopback() => None,
+                    None => {
+                        return Err(StartError::Config(format!(
+                            "--control-addr {addr} is not loopback: set --cluster-secret-file so clients must present it"
+                        )))
+                    }
+                };
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Control {
+                        at: addr.to_string(),
+                        source,
+                    })?;
+                Some((listener, control::router(control.clone(), token)))
+            }
+            None => None,
+        };
+        let control_addr = match &control_tcp {
+            Some((l, _)) => l.local_addr().ok(),
+            None => None,
+        };
         Ok(Daemon {
             mirror_addr,
             peer_id,
             transfer,
+            control_socket,
+            control_addr,
             listener,
             router: mirror::router(mirror),
+            control_unix,
+            control_tcp,
+            control_router: control::router(control, None),
         })
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Serves the mirror and the control API until `shutdown` resolves.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        let until_stopped = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
+        };
+        let control_unix = axum::serve(self.control_unix, self.control_router)
+            .with_graceful_shutdown(until_stopped());
+        let control_tcp = async {
+            match self.control_tcp {
+                Some((listener, router)) => {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(until_stopped())
+                        .await
+                }
+                None => Ok(()),
+            }
+        };
+        let mirror =
+            axum::serve(self.listener, self.router).with_graceful_shutdown(until_stopped());
+        let result = tokio::try_join!(mirror, control_unix, control_tcp).map(|_| ());
+        let _ = std::fs::remove_file(&self.control_socket);
+        result
     }
+}
+
+/// Binds the control socket, replacing a stale one a crashed daemon left, but never
+/// one a running daemon still answers on.
+fn bind_control_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, StartError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let err = |source| StartError::Control {
+        at: path.display().to_string(),
+        source,
+    };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another shoald is listening there (use another --data-dir or --control-socket)",
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    Ok(listener)
 }

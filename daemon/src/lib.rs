@@ -21,10 +21,14 @@
 //! - [`net`]: peer networking: node identity, libp2p discovery ([`net::discovery`]:
 //!   Kademlia, identify, mDNS), the authenticated QUIC chunk-transfer endpoint
 //!   ([`net::transfer`]) and bandwidth limits ([`net::rate`]).
+//! - [`control`]: the control API the `shoal` CLI drives (unix socket, optional TCP):
+//!   status, listings, pin, preheat (here and on peers), GC, import. Model-wide work
+//!   walks a reference through this node's own mirror (`control/walk.rs`).
 //! - [`config`], [`metrics`], [`daemon`]: flags/TOML/env, Prometheus, wiring.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod metrics;
 pub mod mirror;

@@ -82,6 +82,12 @@ pub trait LocalBlobs: Send + Sync + 'static {
     fn attach(&self, digest: Digest, link: Box<PeerLink>) -> Result<(), Box<PeerLink>>;
 }
 
+/// Answers peers' `PreheatRequest`s: starts the fetch if needed and says where it stands.
+pub trait Preheater: Send + Sync + 'static {
+    /// The `PreheatStatus` for `reference` (never blocks on the fetch itself).
+    fn preheat(&self, reference: &str) -> Message;
+}
+
 /// The endpoint: serves chunks of committed blobs and connects to peers.
 pub struct Transfer {
     endpoint: quinn::Endpoint,
@@ -93,6 +99,7 @@ pub struct Transfer {
     download_rate: Arc<RateLimit>,
     connections: std::sync::Mutex<std::collections::HashMap<PeerId, Arc<PeerConnection>>>,
     local: std::sync::OnceLock<Arc<dyn LocalBlobs>>,
+    preheater: std::sync::OnceLock<Arc<dyn Preheater>>,
 }
 
 /// LAN bulk transfer: quinn's defaults (1.25 MB stream window) are sized for the
@@ -202,6 +209,7 @@ impl Transfer {
             download_rate: Arc::new(RateLimit::new(options.max_download_rate)),
             connections: Default::default(),
             local: std::sync::OnceLock::new(),
+            preheater: std::sync::OnceLock::new(),
         });
         let serving = transfer.clone();
         tokio::spawn(async move { serving.accept_loop().await });
@@ -211,6 +219,11 @@ impl Transfer {
     /// Lets peers see running downloads (set once, after the downloads registry exists).
     pub fn set_local_blobs(&self, local: Arc<dyn LocalBlobs>) {
         let _ = self.local.set(local);
+    }
+
+    /// Lets peers ask this node to preheat (set once, by the control API).
+    pub fn set_preheater(&self, preheater: Arc<dyn Preheater>) {
+        let _ = self.preheater.set(preheater);
     }
 
     /// The bound address.
@@ -443,6 +456,16 @@ impl Transfer {
                     digest: Digest::from_sha256_bytes([0; 32]),
                     chunk: u32::MAX,
                     reason: RejectReason::NotPresent,
+                },
+            },
+            Message::PreheatRequest { reference } => match self.preheater.get() {
+                Some(p) => p.preheat(&reference),
+                None => Message::PreheatStatus {
+                    reference,
+                    state: shoal_proto::control::PreheatState::Failed.code(),
+                    done: 0,
+                    total: 0,
+                    message: "this node does not take preheat requests".into(),
                 },
             },
             Message::IndexRequest { digest } => match self.store.get(&digest) {

@@ -34,6 +34,15 @@ pub struct PartialRecord {
     pub media_type: Option<String>,
 }
 
+/// A pinned reference and the blobs its pin holds (`shoal pin`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PinRecord {
+    /// Manifest (or index) digest the reference resolved to when pinned.
+    pub digest: Digest,
+    /// Every blob of the manifest tree, manifests included.
+    pub blobs: Vec<Digest>,
+}
+
 pub(crate) struct Index {
     db: sled::Db,
     blobs: sled::Tree,
@@ -42,6 +51,7 @@ pub(crate) struct Index {
     partial_chunks: sled::Tree,
     access: sled::Tree,
     tags: sled::Tree,
+    pins: sled::Tree,
 }
 
 /// Current Unix time in seconds.
@@ -84,6 +94,7 @@ impl Index {
             partial_chunks: db.open_tree("partial_chunks")?,
             access: db.open_tree("access")?,
             tags: db.open_tree("tags")?,
+            pins: db.open_tree("pins")?,
             db,
         })
     }
@@ -229,6 +240,49 @@ impl Index {
     pub(crate) fn put_tag(&self, key: &str, record: &TagRecord) -> Result<()> {
         self.tags.insert(key, encode(record))?;
         Ok(())
+    }
+
+    pub(crate) fn tags(&self) -> Result<Vec<(String, TagRecord)>> {
+        self.tags
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    pub(crate) fn last_access(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self
+            .access
+            .get(digest.hex())?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    pub(crate) fn pins(&self) -> Result<Vec<(String, PinRecord)>> {
+        self.pins
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    pub(crate) fn put_pin(&self, reference: &str, record: &PinRecord) -> Result<()> {
+        self.pins.insert(reference, encode(record))?;
+        self.pins.flush()?;
+        Ok(())
+    }
+
+    pub(crate) fn remove_pin(&self, reference: &str) -> Result<Option<PinRecord>> {
+        let old = self
+            .pins
+            .remove(reference)?
+            .map(|v| decode(reference.as_bytes(), &v))
+            .transpose()?;
+        self.pins.flush()?;
+        Ok(old)
     }
 
     pub(crate) fn flush(&self) -> Result<()> {

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use shoal_proto::{ChunkIndex, Digest};
 
-pub use index::{now_secs, TagRecord};
+pub use index::{now_secs, PinRecord, TagRecord};
 pub use ingest::Ingest;
 
 /// A committed, verified blob.
@@ -237,6 +237,19 @@ impl Store {
         }
     }
 
+    /// The bytes of a small committed blob (a manifest), without counting it as a use.
+    /// `Ok(None)` when it is not committed or larger than `max`.
+    pub fn read_small(&self, digest: &Digest, max: u64) -> Result<Option<Vec<u8>>> {
+        match self.index.blob(digest)? {
+            Some(r) if r.size() <= max => match std::fs::read(self.blob_path(digest)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::io(format!("reading blob {digest}"), e)),
+            },
+            _ => Ok(None),
+        }
+    }
+
     /// Starts (or resumes) writing `digest` of `size` bytes. Space is reserved under the
     /// quota first, evicting least recently used unpinned blobs if needed.
     /// The staging file survives a crash and the next call resumes from its verified chunks.
@@ -248,6 +261,17 @@ impl Store {
         media_type: Option<String>,
     ) -> Result<Ingest> {
         Ingest::begin(self.clone(), digest, size, media_type, true)
+    }
+
+    /// Starts writing a blob whose bytes arrive from a local client (`shoal import`):
+    /// a private staging file, so it never collides with a download of the same digest.
+    pub fn begin_import(
+        self: &Arc<Self>,
+        digest: Digest,
+        size: u64,
+        media_type: Option<String>,
+    ) -> Result<Ingest> {
+        Ingest::begin(self.clone(), digest, size, media_type, false)
     }
 
     /// Stores a small in-memory blob (a manifest) in one go.
@@ -308,6 +332,106 @@ impl Store {
     /// All committed records (for inspection and tests).
     pub fn list(&self) -> Result<Vec<BlobRecord>> {
         self.index.blobs()
+    }
+
+    /// Every tag resolution the node remembers, by key (`registry/repository:tag`).
+    pub fn tags(&self) -> Result<Vec<(String, TagRecord)>> {
+        self.index.tags()
+    }
+
+    /// Unix seconds of the last read of a committed blob.
+    pub fn last_access(&self, digest: &Digest) -> Result<Option<u64>> {
+        self.index.last_access(digest)
+    }
+
+    /// Interrupted or running downloads: (digest, size, bytes present).
+    pub fn partials(&self) -> Result<Vec<(Digest, u64, u64)>> {
+        let mut out = Vec::new();
+        for digest in self.index.partial_digests()? {
+            let Some(p) = self.index.partial(&digest)? else {
+                continue;
+            };
+            let layout = shoal_proto::ChunkLayout::new(p.size, p.chunk_size);
+            let present = self
+                .index
+                .partial_chunks(&digest)?
+                .iter()
+                .filter_map(|(i, _)| layout.range(*i))
+                .map(|r| r.end - r.start)
+                .sum();
+            out.push((digest, p.size, present));
+        }
+        Ok(out)
+    }
+
+    /// Every pinned reference.
+    pub fn pins(&self) -> Result<Vec<(String, PinRecord)>> {
+        self.index.pins()
+    }
+
+    /// Pins `reference`: every blob of `record` (all committed) is kept from eviction,
+    /// across restarts (the flag lives in each blob's sidecar too).
+    pub fn pin(&self, reference: &str, record: &PinRecord) -> Result<()> {
+        for digest in &record.blobs {
+            self.set_pinned(digest, true)?;
+        }
+        self.index.put_pin(reference, record)
+    }
+
+    /// Unpins `reference`; returns the blobs released (those no other pin holds), or
+    /// `None` when the reference was not pinned.
+    pub fn unpin(&self, reference: &str) -> Result<Option<(PinRecord, Vec<Digest>)>> {
+        let Some(old) = self.index.remove_pin(reference)? else {
+            return Ok(None);
+        };
+        let still_held: std::collections::HashSet<Digest> = self
+            .index
+            .pins()?
+            .into_iter()
+            .flat_map(|(_, p)| p.blobs)
+            .collect();
+        let mut released = Vec::new();
+        for digest in &old.blobs {
+            if !still_held.contains(digest) && self.set_pinned(digest, false)? {
+                released.push(*digest);
+            }
+        }
+        Ok(Some((old, released)))
+    }
+
+    /// Evicts least recently used unpinned blobs until at most `target` bytes are in
+    /// use; with `dry_run`, only says which would go. Returns them with their last use.
+    pub fn gc(&self, target: u64, dry_run: bool) -> Result<Vec<(BlobRecord, u64)>> {
+        let mut space = self.lock_space();
+        let mut used = space.used;
+        let mut evicted = Vec::new();
+        for (digest, last_used) in self.index.by_last_access()? {
+            if used <= target {
+                break;
+            }
+            let Some(record) = self.index.blob(&digest)? else {
+                continue;
+            };
+            if record.pinned {
+                continue;
+            }
+            if !dry_run {
+                self.remove_committed(&record)?;
+                if let Some(notify) = self.on_remove.get() {
+                    notify(&digest);
+                }
+                space.used = space.used.saturating_sub(record.size());
+                tracing::info!(digest = %digest, size = record.size(), "gc evicted blob");
+            }
+            used = used.saturating_sub(record.size());
+            evicted.push((record, last_used));
+        }
+        Ok(evicted)
+    }
+
+    /// The configured quota in bytes (0: unlimited).
+    pub fn quota(&self) -> u64 {
+        self.quota
     }
 
     /// Sets the function told of each blob the store evicts or removes (set once).

@@ -261,6 +261,18 @@ impl Downloads {
         download
     }
 
+    /// Running downloads: digest, size when known, bytes readable from the start.
+    pub fn active(&self) -> Vec<(Digest, Option<u64>, u64)> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running
+            .values()
+            .map(|d| {
+                let p = d.progress.borrow();
+                (d.digest, p.size, p.available)
+            })
+            .collect()
+    }
+
     /// Size of a running download, if one runs and its size is known.
     pub fn running_size(&self, digest: &Digest) -> Option<u64> {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());

@@ -156,6 +156,29 @@ impl PeerConnection {
         }
     }
 
+    /// Asks the peer to preheat `reference`; its answer is a `PreheatStatus`:
+    /// (state code, done, total, message).
+    pub async fn preheat(&self, reference: &str) -> Result<(u8, u64, u64, String), NetError> {
+        let request = Message::PreheatRequest {
+            reference: reference.to_owned(),
+        };
+        match self.request(&request).await? {
+            (
+                Message::PreheatStatus {
+                    reference: r,
+                    state,
+                    done,
+                    total,
+                    message,
+                },
+                _,
+            ) if r == reference => Ok((state, done, total, message)),
+            (other, _) => Err(NetError::Protocol(format!(
+                "unexpected answer to a preheat request: {other:?}"
+            ))),
+        }
+    }
+
     /// Whether the connection is closed (the peer went away).
     pub fn is_closed(&self) -> bool {
         self.conn.close_reason().is_some()
