@@ -109,11 +109,17 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
         .map_err(|e| ClientError::io(format!("writing {}", path.display()), e))
 }
 
-/// Adds `mirror` ahead of the hosts of `registry` under `config_path`.
-pub fn apply(config_path: &Path, registry: &str, mirror: &str) -> Result<Change> {
+/// The registry's directory and hosts.toml under `config_path`, after checking the name.
+fn registry_files(config_path: &Path, registry: &str) -> Result<(PathBuf, PathBuf)> {
     check_registry(registry)?;
     let dir = config_path.join(registry);
     let path = dir.join("hosts.toml");
+    Ok((dir, path))
+}
+
+/// Adds `mirror` ahead of the hosts of `registry` under `config_path`.
+pub fn apply(config_path: &Path, registry: &str, mirror: &str) -> Result<Change> {
+    let (dir, path) = registry_files(config_path, registry)?;
     let change = |action| Change {
         registry: registry.to_owned(),
         path: path.clone(),
@@ -149,9 +155,7 @@ pub fn apply(config_path: &Path, registry: &str, mirror: &str) -> Result<Change>
 
 /// Undoes [`apply`] for `registry`: the backup comes back, or a file shoal created goes.
 pub fn restore(config_path: &Path, registry: &str) -> Result<Change> {
-    check_registry(registry)?;
-    let dir = config_path.join(registry);
-    let path = dir.join("hosts.toml");
+    let (dir, path) = registry_files(config_path, registry)?;
     let change = |action| Change {
         registry: registry.to_owned(),
         path: path.clone(),

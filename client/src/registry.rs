@@ -97,20 +97,12 @@ impl MirrorClient {
         if status.is_success() {
             return Ok(resp);
         }
-        #[derive(serde::Deserialize)]
-        struct Errors {
-            errors: Vec<OciError>,
-        }
-        #[derive(serde::Deserialize)]
-        struct OciError {
-            message: String,
-        }
         let detail = resp
-            .json::<Errors>()
+            .bytes()
             .await
             .ok()
-            .and_then(|e| e.errors.into_iter().next())
-            .map_or_else(|| status.to_string(), |e| e.message);
+            .and_then(|b| oci::error_message(&b))
+            .unwrap_or_else(|| status.to_string());
         let (code, hint) = match status.as_u16() {
             404 => (ErrorCode::NotFound, "check the name and tag"),
             502..=504 => (

@@ -11,6 +11,7 @@
 //!   per-chunk BLAKE3 chunk index.
 //! - [`oci`]: image references (`registry/repo:tag@digest`), manifests, descriptors and
 //!   platforms, for walking a model down to its blobs.
+//! - [`size`]: `512MiB`-style byte sizes for flags and config files.
 //! - [`control`]: the control API's JSON bodies (`shoal` ↔ `shoald`).
 //! - [`wire`]: the peer protocol (framing, messages, versioning, security); its module
 //!   docs are the protocol's specification.
@@ -21,6 +22,7 @@ pub mod control;
 pub mod digest;
 pub mod name;
 pub mod oci;
+pub mod size;
 pub mod wire;
 
 pub use chunk::{ChunkHash, ChunkIndex, ChunkLayout, DEFAULT_CHUNK_SIZE};

@@ -57,8 +57,8 @@ pub struct ReferenceError {
     pub reason: String,
 }
 
-fn valid_tag(tag: &str) -> bool {
-    // distribution: [\w][\w.-]{0,127}
+/// Whether `tag` matches the distribution spec's `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn valid_tag(tag: &str) -> bool {
     let b = tag.as_bytes();
     !b.is_empty()
         && b.len() <= 128
@@ -164,6 +164,30 @@ impl<'de> serde::Deserialize<'de> for Reference {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// The error body of the distribution API (`{"errors":[{"code","message"}]}`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ErrorBody {
+    /// The errors, most relevant first.
+    pub errors: Vec<ErrorEntry>,
+}
+
+/// One entry of an [`ErrorBody`].
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ErrorEntry {
+    /// e.g. `MANIFEST_UNKNOWN`.
+    #[serde(default)]
+    pub code: String,
+    /// Human-readable message.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The first message of a distribution error body, if `body` is one.
+pub fn error_message(body: &[u8]) -> Option<String> {
+    let parsed: ErrorBody = serde_json::from_slice(body).ok()?;
+    parsed.errors.into_iter().next().map(|e| e.message)
 }
 
 /// A platform, as in an index entry.

@@ -186,11 +186,9 @@ impl Extractor {
         progress: &dyn Progress,
     ) -> Result<LayerOutcome> {
         let rel = plan.path.clone().unwrap_or_default();
-        if !self.filter.wants(
-            &paths::normalise(&rel)
-                .map_err(ClientError::Refused)?
-                .to_string_lossy(),
-        ) {
+        let normal = paths::normalise(&rel)
+            .map_err(|e| ClientError::Refused(format!("unsafe path: {e}")))?;
+        if !self.filter.wants(&normal.to_string_lossy()) {
             return Ok(LayerOutcome::Filtered);
         }
         let dest = paths::safe_join(&self.root, &rel)?;

@@ -217,20 +217,12 @@ async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response,
     if status.is_success() {
         return Ok(resp);
     }
-    #[derive(serde::Deserialize)]
-    struct Errors {
-        errors: Vec<OciError>,
-    }
-    #[derive(serde::Deserialize)]
-    struct OciError {
-        message: String,
-    }
     let message = resp
-        .json::<Errors>()
+        .bytes()
         .await
         .ok()
-        .and_then(|e| e.errors.into_iter().next())
-        .map_or_else(|| status.to_string(), |e| e.message);
+        .and_then(|b| oci::error_message(&b))
+        .unwrap_or_else(|| status.to_string());
     let message = format!("{what}: {message}");
     Err(match status {
         StatusCode::NOT_FOUND => ControlError::NotFound(message),

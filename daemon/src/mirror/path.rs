@@ -2,6 +2,7 @@
 //! and digests before anything else sees them.
 
 use http::StatusCode;
+use shoal_proto::oci::valid_tag;
 use shoal_proto::{validate_repository_name, Digest, DigestError};
 
 use super::error::ApiError;
@@ -62,15 +63,6 @@ impl Route {
             Route::Upload => "upload",
         }
     }
-}
-
-fn valid_tag(tag: &str) -> bool {
-    let b = tag.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-')
 }
 
 fn parse_digest(s: &str) -> Result<Digest, ApiError> {

@@ -209,3 +209,47 @@ fn resume_keeps_chunks_after_a_gap() {
     ingest.write_chunk(1, chunk(1), None).unwrap();
     assert_eq!(ingest.commit().unwrap().digest, d);
 }
+
+#[test]
+fn pins_hold_shared_blobs_until_the_last_pin_goes_and_gc_respects_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 0);
+    let blobs: Vec<Digest> = (0..3)
+        .map(|i| {
+            let b = data(1000 + i);
+            store.put_bytes(digest_of(&b), &b, None).unwrap().digest
+        })
+        .collect();
+    let pin = |blobs: &[Digest]| super::PinRecord {
+        digest: blobs[0],
+        blobs: blobs.to_vec(),
+    };
+    // Two references share blob 1.
+    store.pin("r/a:1", &pin(&blobs[0..2])).unwrap();
+    store.pin("r/b:1", &pin(&blobs[1..2])).unwrap();
+    let dry = store.gc(0, true).unwrap();
+    assert_eq!(dry.len(), 1, "only the unpinned blob would go");
+    assert!(
+        store.get(&blobs[2]).unwrap().is_some(),
+        "dry run removes nothing"
+    );
+
+    let (_, released) = store.unpin("r/a:1").unwrap().unwrap();
+    assert_eq!(released, vec![blobs[0]], "blob 1 is still held by r/b:1");
+    assert!(store.unpin("r/a:1").unwrap().is_none());
+    let gone: Vec<Digest> = store
+        .gc(0, false)
+        .unwrap()
+        .iter()
+        .map(|(r, _)| r.digest)
+        .collect();
+    assert!(gone.contains(&blobs[0]) && gone.contains(&blobs[2]));
+    assert!(store.get(&blobs[1]).unwrap().is_some_and(|r| r.pinned));
+    assert_eq!(store.used_bytes(), 1001);
+
+    // Pins survive a reopen (sled and sidecars).
+    drop(store);
+    let store = open(dir.path(), 0);
+    assert_eq!(store.pins().unwrap().len(), 1);
+    assert!(store.gc(0, false).unwrap().is_empty());
+}

@@ -10,4 +10,5 @@ mod crash;
 mod mirror_protocol;
 mod peers;
 mod shared_download;
+mod shoal_cli;
 mod swarm;

@@ -31,6 +31,15 @@ impl Blob {
         }
     }
 
+    /// The same blob with one annotation added.
+    pub fn annotated(mut self, key: &str, value: &str) -> Blob {
+        let a = self
+            .annotations
+            .get_or_insert_with(|| serde_json::json!({}));
+        a[key] = value.into();
+        self
+    }
+
     pub fn descriptor(&self) -> serde_json::Value {
         let mut d = serde_json::json!({"mediaType": self.media_type, "digest": self.digest, "size": self.bytes.len()});
         if let Some(a) = &self.annotations {
@@ -149,13 +158,20 @@ pub fn model(seed: u64, weight_sizes: &[usize]) -> Artifact {
             b
         })
         .collect();
-    let manifest = serde_json::json!({
+    artifact(Some(MODEL_ARTIFACT), config, layers)
+}
+
+/// An OCI manifest of `config` and `layers`, with `artifactType` when given.
+pub fn artifact(artifact_type: Option<&str>, config: Blob, layers: Vec<Blob>) -> Artifact {
+    let mut manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "artifactType": MODEL_ARTIFACT,
         "config": config.descriptor(),
         "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
     });
+    if let Some(t) = artifact_type {
+        manifest["artifactType"] = t.into();
+    }
     let manifest = serde_json::to_vec(&manifest).expect("json");
     Artifact {
         digest: sha256_digest(&manifest),
