@@ -53,6 +53,16 @@ pub struct Config {
     )]
     pub mirror_addr: SocketAddr,
 
+    /// Also serve `/metrics` and `/healthz` on this address (for Prometheus and probes
+    /// when the mirror itself listens on loopback only).
+    #[arg(long, env = "SHOAL_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// How long shoald waits on SIGTERM for in-flight peer uploads (and mirror requests)
+    /// before exiting.
+    #[arg(long, env = "SHOAL_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Unix socket of the control API the `shoal` CLI talks to (default:
     /// `<data-dir>/shoald.sock`). Access is whoever may open the file (mode 0660).
     #[arg(long, env = "SHOAL_CONTROL_SOCKET", value_name = "PATH")]

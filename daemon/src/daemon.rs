@@ -66,6 +66,8 @@ pub struct Daemon {
     control_unix: tokio::net::UnixListener,
     control_tcp: Option<(tokio::net::TcpListener, axum::Router)>,
     control_router: axum::Router,
+    ops: Option<(tokio::net::TcpListener, axum::Router)>,
+    shutdown_grace: std::time::Duration,
 }
 
 impl Daemon {
@@ -172,6 +174,15 @@ impl Daemon {
             addr: config.mirror_addr,
             source,
         })?;
+        let ops = match config.metrics_addr {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                Some((listener, mirror::ops_router(mirror.clone())))
+            }
+            None => None,
+        };
         let control = Arc::new(Control::new(
             store,
             downloads,
@@ -225,10 +236,13 @@ impl Daemon {
             control_unix,
             control_tcp,
             control_router: control::router(control, None),
+            ops,
+            shutdown_grace: config.shutdown_grace,
         })
     }
 
-    /// Serves the mirror and the control API until `shutdown` resolves.
+    /// Serves the mirror and the control API until `shutdown` resolves; then finishes
+    /// in-flight requests and peer uploads (at most `--shutdown-grace`).
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -256,9 +270,42 @@ impl Daemon {
                 None => Ok(()),
             }
         };
+        let ops = async {
+            match self.ops {
+                Some((listener, router)) => {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(until_stopped())
+                        .await
+                }
+                None => Ok(()),
+            }
+        };
+        let grace = self.shutdown_grace;
+        let transfer = self.transfer.clone();
+        let drain = async move {
+            until_stopped().await;
+            if let Some(t) = transfer {
+                t.drain(grace).await;
+            }
+            Ok::<(), std::io::Error>(())
+        };
         let mirror =
             axum::serve(self.listener, self.router).with_graceful_shutdown(until_stopped());
-        let result = tokio::try_join!(mirror, control_unix, control_tcp).map(|_| ());
+        let serving = async {
+            tokio::try_join!(mirror, control_unix, control_tcp, ops, drain).map(|_| ())
+        };
+        // A client still reading a blob after the grace period is cut off.
+        let deadline = async {
+            until_stopped().await;
+            tokio::time::sleep(grace + std::time::Duration::from_secs(1)).await;
+        };
+        let result = tokio::select! {
+            r = serving => r,
+            () = deadline => {
+                tracing::warn!("requests still running after the shutdown grace; exiting");
+                Ok(())
+            }
+        };
         let _ = std::fs::remove_file(&self.control_socket);
         result
     }

@@ -54,15 +54,24 @@ pub struct Mirror {
 
 /// The HTTP router: `/v2/...`, `/metrics`, `/healthz`.
 pub fn router(mirror: Arc<Mirror>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
+    ops_routes()
         .fallback(handle)
         .layer(axum::middleware::from_fn_with_state(
             mirror.clone(),
             observe,
         ))
         .with_state(mirror)
+}
+
+fn ops_routes() -> Router<Arc<Mirror>> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+}
+
+/// `/metrics` and `/healthz` alone, for `--metrics-addr`.
+pub fn ops_router(mirror: Arc<Mirror>) -> Router {
+    ops_routes().with_state(mirror)
 }
 
 async fn metrics(State(m): State<Arc<Mirror>>) -> Response {

@@ -100,6 +100,8 @@ pub struct Transfer {
     connections: std::sync::Mutex<std::collections::HashMap<PeerId, Arc<PeerConnection>>>,
     local: std::sync::OnceLock<Arc<dyn LocalBlobs>>,
     preheater: std::sync::OnceLock<Arc<dyn Preheater>>,
+    /// Set on shutdown: new chunk requests are refused, running uploads finish.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// LAN bulk transfer: quinn's defaults (1.25 MB stream window) are sized for the
@@ -210,6 +212,7 @@ impl Transfer {
             connections: Default::default(),
             local: std::sync::OnceLock::new(),
             preheater: std::sync::OnceLock::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         let serving = transfer.clone();
         tokio::spawn(async move { serving.accept_loop().await });
@@ -219,6 +222,27 @@ impl Transfer {
     /// Lets peers see running downloads (set once, after the downloads registry exists).
     pub fn set_local_blobs(&self, local: Arc<dyn LocalBlobs>) {
         let _ = self.local.set(local);
+    }
+
+    /// Shutdown: refuses new chunk requests (peers ask someone else) and waits up to
+    /// `within` for the uploads in flight to reach their peers, then closes the endpoint.
+    pub async fn drain(&self, within: Duration) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let slots = self.options.max_uploads.max(1);
+        let in_flight = slots - self.uploads.available_permits();
+        if in_flight > 0 {
+            tracing::info!(in_flight, "waiting for in-flight uploads to finish");
+        }
+        match tokio::time::timeout(within, self.uploads.acquire_many(slots as u32)).await {
+            Ok(_) => tracing::info!(in_flight, "uploads drained"),
+            Err(_) => tracing::warn!(
+                within_secs = within.as_secs(),
+                "uploads still running at the drain deadline; closing"
+            ),
+        }
+        self.endpoint
+            .close(VarInt::from_u32(0), b"shutting down");
     }
 
     /// Lets peers ask this node to preheat (set once, by the control API).
@@ -546,6 +570,11 @@ impl Transfer {
             chunk,
             reason,
         };
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            write_message(&mut send, &reject(RejectReason::Busy)).await?;
+            let _ = send.finish();
+            return Ok(());
+        }
         // Queue for a slot for a while: an immediate Busy makes requesters retry in a
         // tight loop; past the wait they are better off asking someone else.
         let permit = tokio::time::timeout(UPLOAD_QUEUE_WAIT, self.uploads.acquire()).await;
@@ -599,6 +628,11 @@ impl Transfer {
             at += want as u64;
         }
         let _ = send.finish();
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            // Shutting down: keep the slot until the peer has acknowledged the bytes, so
+            // `drain` does not close the endpoint under them.
+            let _ = tokio::time::timeout(Duration::from_secs(10), send.stopped()).await;
+        }
         Ok(())
     }
 }
