@@ -252,7 +252,7 @@ impl Daemon {
             shutdown.await;
             let _ = stop.send(true);
         });
-        let until_stopped = move || {
+        let until_stopped = || {
             let mut stopped = stopped.clone();
             async move {
                 let _ = stopped.wait_for(|s| *s).await;
@@ -282,8 +282,9 @@ impl Daemon {
         };
         let grace = self.shutdown_grace;
         let transfer = self.transfer.clone();
+        let drain_signal = until_stopped();
         let drain = async move {
-            until_stopped().await;
+            drain_signal.await;
             if let Some(t) = transfer {
                 t.drain(grace).await;
             }
@@ -291,9 +292,8 @@ impl Daemon {
         };
         let mirror =
             axum::serve(self.listener, self.router).with_graceful_shutdown(until_stopped());
-        let serving = async {
-            tokio::try_join!(mirror, control_unix, control_tcp, ops, drain).map(|_| ())
-        };
+        let serving =
+            async { tokio::try_join!(mirror, control_unix, control_tcp, ops, drain).map(|_| ()) };
         // A client still reading a blob after the grace period is cut off.
         let deadline = async {
             until_stopped().await;

@@ -241,8 +241,7 @@ impl Transfer {
                 "uploads still running at the drain deadline; closing"
             ),
         }
-        self.endpoint
-            .close(VarInt::from_u32(0), b"shutting down");
+        self.endpoint.close(VarInt::from_u32(0), b"shutting down");
     }
 
     /// Lets peers ask this node to preheat (set once, by the control API).

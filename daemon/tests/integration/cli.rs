@@ -31,6 +31,10 @@ fn help_documents_every_option_with_defaults() {
         "--transfer-addr",
         "--cluster-secret-file",
         "--max-uploads",
+        "--metrics-addr",
+        "--shutdown-grace",
+        "--control-socket",
+        "--control-addr",
     ] {
         assert!(help.contains(opt), "--help lacks {opt}");
     }

@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod containerd_pull;
 mod crash;
+mod deploy;
 mod mirror_protocol;
 mod peers;
 mod shared_download;

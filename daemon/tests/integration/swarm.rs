@@ -159,6 +159,53 @@ async fn killing_a_serving_peer_mid_transfer_loses_nothing() {
     );
 }
 
+/// SIGTERM a serving peer mid-transfer (a rolling update): it refuses new chunk requests,
+/// lets the uploads in flight finish, exits cleanly, and the download completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_uploads_before_exiting() {
+    let Some(mut swarm) = Swarm::origin().await else {
+        return;
+    };
+    const SIZE: usize = 64 * 1024 * 1024;
+    let model = oci::model(94, &[SIZE]);
+    Pusher::new(&swarm.registry.host(), None)
+        .artifact("models/term", "v1", &model)
+        .await;
+    for _ in 0..3 {
+        swarm.add_node(None, &["--max-upload-rate", "16MiB"]).await;
+    }
+    swarm.wait_peers(2, 2).await;
+    let digest = model.layers[0].digest.clone();
+    for n in 0..2 {
+        swarm
+            .get_blob_verified(n, "models/term", &digest)
+            .await
+            .unwrap();
+    }
+    swarm.proxy.state.down.store(true, Ordering::SeqCst);
+    let leaving = &swarm.nodes[0].shoald;
+    let node = &swarm.nodes[2].shoald;
+    let pull = swarm.get_blob_verified(2, "models/term", &digest);
+    let term = async {
+        let receiving =
+            crate::common::wait_until(30, || node.logs().contains("swarm download starting")).await;
+        assert!(receiving, "{}", node.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // SAFETY: kill(2) on a child process of this test.
+        unsafe { libc::kill(leaving.pid() as i32, libc::SIGTERM) };
+        crate::common::wait_until(40, || leaving.logs().contains("shoald stopped")).await
+    };
+    let (result, stopped) = tokio::join!(pull, term);
+    assert_eq!(result, Ok(SIZE as u64), "{}", node.logs());
+    assert!(stopped, "shoald exits after draining: {}", leaving.logs());
+    let logs = leaving.logs();
+    assert!(
+        logs.contains("waiting for in-flight uploads to finish"),
+        "SIGTERM landed mid-upload: {logs}"
+    );
+    assert!(logs.contains("uploads drained"), "{logs}");
+}
+
 /// A peer built with fault injection serves corrupt chunks: the downloader checks them
 /// against the chunk index, bans it and completes from the honest peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
