@@ -56,3 +56,21 @@ pub async fn push_blob(
     }
     Ok(digest)
 }
+
+/// Parses a tc-style rate (`200mbit`, `1gbit`, `500kbit`) into bytes per second.
+pub fn rate_bytes_per_sec(rate: &str) -> Result<f64, String> {
+    let r = rate.trim().to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = r.strip_suffix("gbit") {
+        (n, 1e9)
+    } else if let Some(n) = r.strip_suffix("mbit") {
+        (n, 1e6)
+    } else if let Some(n) = r.strip_suffix("kbit") {
+        (n, 1e3)
+    } else {
+        return Err(format!("rate {rate:?}: use kbit, mbit or gbit"));
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("rate {rate:?} is not a number"))?;
+    Ok(n * mult / 8.0)
+}

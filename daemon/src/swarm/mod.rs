@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::upstream::{Target, Upstream, UpstreamError};
 
+pub use driver::{scheduler_config, MAX_LINKED, MAX_PEER_REQUESTS};
 pub use reader::{stream_range, BlobSource};
 
 /// Why a download failed.

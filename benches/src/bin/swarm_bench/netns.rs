@@ -131,18 +131,7 @@ impl Drop for Network {
     }
 }
 
-/// Parses a tc-style rate (`200mbit`, `1gbit`, `500kbit`) into bytes per second.
+/// Parses a tc-style rate into bytes per second (see [`shoal_benches::rate_bytes_per_sec`]).
 pub fn rate_bytes_per_sec(rate: &str) -> Result<f64> {
-    let r = rate.trim().to_ascii_lowercase();
-    let (num, mult) = if let Some(n) = r.strip_suffix("gbit") {
-        (n, 1e9)
-    } else if let Some(n) = r.strip_suffix("mbit") {
-        (n, 1e6)
-    } else if let Some(n) = r.strip_suffix("kbit") {
-        (n, 1e3)
-    } else {
-        bail!("rate {rate:?}: use kbit, mbit or gbit");
-    };
-    let n: f64 = num.parse().with_context(|| format!("rate {rate:?}"))?;
-    Ok(n * mult / 8.0)
+    shoal_benches::rate_bytes_per_sec(rate).map_err(anyhow::Error::msg)
 }

@@ -442,6 +442,30 @@ fn corrupt_blob_refetches_peer_chunks_from_origin_only() {
     assert!(acts.contains(&Action::Complete));
 }
 
+#[test]
+fn slow_origin_requests_are_not_cancelled_by_the_peer_timeout() {
+    let cfg = Config {
+        request_timeout: ms(100),
+        max_origin_requests: 1,
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(NodeId(1), layout(2), false, cfg);
+    let first = s.handle(ms(0), Event::Tick);
+    assert_eq!(requests(&first), vec![(Source::Origin, 0)]);
+    // Long past the timeout, the range is still running: no cancel, no duplicate.
+    let later = s.handle(ms(10_000), Event::Tick);
+    assert!(later.is_empty(), "{later:?}");
+    let done = s.handle(
+        ms(10_001),
+        Event::ChunkArrived {
+            source: Source::Origin,
+            chunk: 0,
+            valid: true,
+        },
+    );
+    assert!(requests(&done).contains(&(Source::Origin, 1)), "{done:?}");
+}
+
 /// A tiny discrete-event world: N schedulers, an origin, fixed transfer delays.
 struct World {
     nodes: BTreeMap<NodeId, Scheduler>,

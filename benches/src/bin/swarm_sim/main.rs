@@ -1,0 +1,161 @@
+//! The swarm simulator: the daemon's real download scheduler on every node, with virtual
+//! time and a modelled network, for swarms far larger than one machine can emulate.
+//!
+//! ```sh
+//! cargo build --release -p shoal-benches && \
+//!   target/release/swarm-sim --nodes 8,100,1000 --size 512MiB --layers 4 --rate 200mbit
+//! ```
+//!
+//! For each N and scenario (`cold`: all N nodes start at once and nobody has the model;
+//! `warm`: one extra node holds it and the N others start at once) it reports per-node
+//! completion (min, median, max), T_limit = model size / link rate, max/T_limit, and
+//! origin egress as a multiple of the model size. The network model and what it leaves
+//! out are described in `world.rs`.
+
+mod world;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "swarm-sim", about = "shoal's scheduler on a simulated network")]
+struct Args {
+    /// Node counts to simulate (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "8,100,1000")]
+    nodes: Vec<usize>,
+    /// Model size (split evenly over --layers).
+    #[arg(long, default_value = "512MiB", value_parser = shoal_daemon::config::parse_size)]
+    size: u64,
+    /// Number of layers (blobs) of the model, all pulled at once.
+    #[arg(long, default_value = "4")]
+    layers: usize,
+    /// Every node's link rate, each way (tc notation).
+    #[arg(long, default_value = "200mbit")]
+    rate: String,
+    /// The origin's uplink (default: the same as the nodes').
+    #[arg(long)]
+    origin_rate: Option<String>,
+    /// Chunk size.
+    #[arg(long, default_value = "4MiB", value_parser = shoal_daemon::config::parse_size)]
+    chunk_size: u64,
+    /// One-way latency between any two hosts.
+    #[arg(long, default_value = "500us", value_parser = humantime::parse_duration)]
+    latency: Duration,
+    /// Network time step.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    step: Duration,
+    /// Scenarios to run (cold, warm).
+    #[arg(long, value_delimiter = ',', default_value = "cold,warm")]
+    scenarios: Vec<String>,
+    /// Seed of the link graph and node ids.
+    #[arg(long, default_value = "1")]
+    seed: u64,
+    /// Override the scheduler's origin requests in flight per blob (exploration).
+    #[arg(long)]
+    origin_requests: Option<usize>,
+    /// Override the scheduler's requests in flight to the fastest peer (exploration).
+    #[arg(long)]
+    peer_depth: Option<usize>,
+    /// Override the node-wide cap on peer requests in flight (exploration).
+    #[arg(long)]
+    peer_cap: Option<usize>,
+    /// Override the stream window, in chunks (exploration).
+    #[arg(long)]
+    stream_window: Option<u32>,
+    /// Stop a run after this much simulated time.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    limit: Duration,
+}
+
+/// The daemon's scheduler configuration, with any exploration overrides.
+fn config(args: &Args) -> shoal_daemon::swarm::scheduler::Config {
+    let mut c = shoal_daemon::swarm::scheduler_config();
+    if let Some(n) = args.origin_requests {
+        c.max_origin_requests = n;
+        c.shared_origin_requests = n;
+    }
+    if let Some(n) = args.peer_depth {
+        c.max_requests_per_peer = n;
+    }
+    if let Some(n) = args.stream_window {
+        c.stream_window = n;
+    }
+    c
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rate = shoal_benches::rate_bytes_per_sec(&args.rate).map_err(anyhow::Error::msg)?;
+    let origin_rate = match &args.origin_rate {
+        Some(r) => shoal_benches::rate_bytes_per_sec(r).map_err(anyhow::Error::msg)?,
+        None => rate,
+    };
+    if args.layers == 0 || args.size < args.layers as u64 {
+        bail!("--layers must be at least 1 and at most --size bytes");
+    }
+    let per_layer = args.size / args.layers as u64;
+    let layer_sizes = vec![per_layer; args.layers];
+    let model: u64 = layer_sizes.iter().sum();
+    let t_limit = model as f64 / rate;
+    println!(
+        "model {} MiB in {} layers, chunk {} MiB, link {}, origin {}, latency {:?}, step {:?}; T_limit {:.1} s\n",
+        model >> 20,
+        args.layers,
+        args.chunk_size >> 20,
+        args.rate,
+        args.origin_rate.as_deref().unwrap_or(&args.rate),
+        args.latency,
+        args.step,
+        t_limit
+    );
+    println!("| nodes | scenario | min s | median s | max s | max/T_limit | origin egress/model | peer bytes/model | finished | sim wall s |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in &args.nodes {
+        for scenario in &args.scenarios {
+            let warm = match scenario.as_str() {
+                "cold" => false,
+                "warm" => true,
+                other => bail!("unknown scenario {other:?} (cold, warm)"),
+            };
+            let params = world::Params {
+                nodes: n,
+                layer_sizes: layer_sizes.clone(),
+                chunk_size: u32::try_from(args.chunk_size)?,
+                node_rate: rate,
+                origin_rate,
+                latency: args.latency,
+                warm,
+                links: shoal_daemon::swarm::MAX_LINKED,
+                peer_cap: args
+                    .peer_cap
+                    .unwrap_or(shoal_daemon::swarm::MAX_PEER_REQUESTS),
+                upload_slots: 8,
+                upload_queue_wait: Duration::from_secs(5),
+                step: args.step,
+                settle: Duration::from_millis(500),
+                seed: args.seed,
+                config: config(&args),
+                limit: args.limit,
+            };
+            let started = Instant::now();
+            let out = world::run(&params);
+            let wall = started.elapsed().as_secs_f64();
+            let mut done: Vec<f64> = out.completion.iter().flatten().copied().collect();
+            done.sort_by(f64::total_cmp);
+            let (min, median, max) = match (done.first(), done.last()) {
+                (Some(&a), Some(&b)) => (a, done[done.len() / 2], b),
+                _ => (f64::NAN, f64::NAN, f64::NAN),
+            };
+            println!(
+                "| {n} | {scenario} | {min:.1} | {median:.1} | {max:.1} | {:.2} | {:.3} | {:.2} | {}/{n} | {wall:.1} |",
+                max / t_limit,
+                out.origin_bytes as f64 / model as f64,
+                out.peer_bytes as f64 / model as f64,
+                done.len(),
+            );
+        }
+    }
+    Ok(())
+}

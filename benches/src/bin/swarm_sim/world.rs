@@ -1,0 +1,511 @@
+//! The simulated world: every node runs the daemon's real [`Scheduler`] per blob, on a
+//! flow-level network model advanced in fixed time steps.
+//!
+//! Network model. Every node has an uplink and a downlink of `node_rate`, the origin an
+//! uplink of `origin_rate`; a chunk transfer is a flow that starts one `latency` after
+//! it is requested and gets, each step, the smaller of its sender's and its receiver's
+//! equal share (no redistribution of unused share, so rates are slightly pessimistic).
+//! Announcements and arrivals reach the other side one `latency` later. What the daemon's
+//! driver and the transfer endpoint add around the scheduler is modelled too: the 500 ms
+//! settle before a download starts, links to at most `links` random providers per node
+//! (incoming links accepted, as in the driver), the node-wide cap of `peer_cap` peer
+//! requests in flight (excess requests wait), `upload_slots` uploads per node with
+//! requests refused (Busy) after waiting `upload_queue_wait`, and a Tick every 500 ms.
+//! Rates are approximately max-min fair (see [`allocate`]). Not modelled: CPU (the
+//! emulation's 2 vCPUs saturate at 8 nodes), TCP/QUIC congestion dynamics, the DHT's
+//! discovery delay, manifest and config fetches, the client's 3-blobs-at-a-time order.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use shoal_daemon::swarm::scheduler::{Action, Config, Event, NodeId, Scheduler, Source};
+use shoal_proto::ChunkLayout;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub nodes: usize,
+    /// Bytes per layer.
+    pub layer_sizes: Vec<u64>,
+    pub chunk_size: u32,
+    /// Bytes per second, each way, per node.
+    pub node_rate: f64,
+    /// Bytes per second out of the origin.
+    pub origin_rate: f64,
+    pub latency: Duration,
+    /// One extra node holds everything from the start (the warm scenario).
+    pub warm: bool,
+    pub links: usize,
+    pub peer_cap: usize,
+    /// Chunk uploads a node serves at once (`--max-uploads`); more requests wait.
+    pub upload_slots: usize,
+    /// How long a request waits for an upload slot before it is refused (Busy).
+    pub upload_queue_wait: Duration,
+    pub step: Duration,
+    pub settle: Duration,
+    pub seed: u64,
+    pub config: Config,
+    /// Give up after this much simulated time.
+    pub limit: Duration,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Seconds until each downloading node had every layer (`None`: did not finish).
+    pub completion: Vec<Option<f64>>,
+    pub origin_bytes: u64,
+    pub peer_bytes: u64,
+    /// Scheduler calls made (a measure of the simulation's work).
+    pub scheduler_calls: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Node(usize),
+    Origin,
+}
+
+struct Flow {
+    src: Endpoint,
+    dst: usize,
+    blob: usize,
+    chunk: u32,
+    remaining: f64,
+    starts: f64,
+    /// Holds one of the sender's upload slots (the origin has no limit).
+    admitted: bool,
+}
+
+struct Node {
+    id: NodeId,
+    links: Vec<usize>,
+    /// One scheduler per layer (`None` on the warm seed).
+    scheds: Vec<Option<Scheduler>>,
+    inbox: Vec<Vec<Event>>,
+    done: Vec<bool>,
+    finished_at: Option<f64>,
+    peer_in_flight: usize,
+    waiting: VecDeque<(usize, usize, u32)>,
+}
+
+fn slot_of(e: Endpoint, total_nodes: usize) -> usize {
+    match e {
+        Endpoint::Node(n) => n,
+        Endpoint::Origin => total_nodes,
+    }
+}
+
+/// Approximately max-min fair rates for the active flows (`rates[k]` for `flows[k]`,
+/// 0 for flows not started): a few rounds of water-filling, in which a link's capacity
+/// left over by flows limited elsewhere goes to the flows it limits, then a scaling pass
+/// so no link carries more than its capacity. TCP and QUIC flows sharing a bottleneck
+/// end up near this; plain equal shares would waste the capacity slow flows leave.
+fn allocate(
+    flows: &[Flow],
+    t: f64,
+    caps: &[f64],
+    rates: &mut Vec<f64>,
+    up_share: &mut [f64],
+    down_share: &mut [f64],
+    total_nodes: usize,
+) {
+    let down_cap = caps[0];
+    let active = |f: &Flow| f.admitted && f.starts <= t;
+    rates.clear();
+    rates.resize(flows.len(), 0.0);
+    let mut up_n = vec![0usize; up_share.len()];
+    let mut down_n = vec![0usize; down_share.len()];
+    for f in flows.iter().filter(|f| active(f)) {
+        up_n[slot_of(f.src, total_nodes)] += 1;
+        down_n[f.dst] += 1;
+    }
+    for (i, s) in up_share.iter_mut().enumerate() {
+        *s = caps[i] / up_n[i].max(1) as f64;
+    }
+    for (i, s) in down_share.iter_mut().enumerate() {
+        *s = down_cap / down_n[i].max(1) as f64;
+    }
+    let mut up_sum = vec![0.0; up_share.len()];
+    let mut down_sum = vec![0.0; down_share.len()];
+    for _round in 0..4 {
+        for (k, f) in flows.iter().enumerate() {
+            if active(f) {
+                rates[k] = up_share[slot_of(f.src, total_nodes)].min(down_share[f.dst]);
+            }
+        }
+        // A link's flows limited elsewhere keep their rate; the rest split what is left.
+        up_sum.iter_mut().for_each(|x| *x = 0.0);
+        down_sum.iter_mut().for_each(|x| *x = 0.0);
+        up_n.iter_mut().for_each(|x| *x = 0);
+        down_n.iter_mut().for_each(|x| *x = 0);
+        for (k, f) in flows.iter().enumerate().filter(|(_, f)| active(f)) {
+            let u = slot_of(f.src, total_nodes);
+            if rates[k] < up_share[u] * 0.999 {
+                up_sum[u] += rates[k];
+            } else {
+                up_n[u] += 1;
+            }
+            if rates[k] < down_share[f.dst] * 0.999 {
+                down_sum[f.dst] += rates[k];
+            } else {
+                down_n[f.dst] += 1;
+            }
+        }
+        for i in 0..up_share.len() {
+            if up_n[i] > 0 {
+                up_share[i] = ((caps[i] - up_sum[i]) / up_n[i] as f64).max(up_share[i]);
+            }
+        }
+        for i in 0..down_share.len() {
+            if down_n[i] > 0 {
+                down_share[i] = ((down_cap - down_sum[i]) / down_n[i] as f64).max(down_share[i]);
+            }
+        }
+    }
+    for (k, f) in flows.iter().enumerate() {
+        if active(f) {
+            rates[k] = up_share[slot_of(f.src, total_nodes)].min(down_share[f.dst]);
+        }
+    }
+    // Never more than a link carries.
+    up_sum.iter_mut().for_each(|x| *x = 0.0);
+    down_sum.iter_mut().for_each(|x| *x = 0.0);
+    for (k, f) in flows.iter().enumerate() {
+        up_sum[slot_of(f.src, total_nodes)] += rates[k];
+        down_sum[f.dst] += rates[k];
+    }
+    for (k, f) in flows.iter().enumerate() {
+        let u = slot_of(f.src, total_nodes);
+        let over = (up_sum[u] / caps[u]).max(down_sum[f.dst] / down_cap);
+        if over > 1.0 {
+            rates[k] /= over;
+        }
+    }
+}
+
+/// Runs one scenario.
+pub fn run(p: &Params) -> Outcome {
+    let total_nodes = p.nodes + usize::from(p.warm);
+    let ids: Vec<NodeId> = (0..total_nodes)
+        .map(|i| NodeId::from_peer_bytes(&(i as u64 ^ p.seed.rotate_left(17)).to_le_bytes()))
+        .collect();
+    let index: HashMap<NodeId, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let seed_node = p.warm.then_some(p.nodes);
+    let layouts: Vec<ChunkLayout> = p
+        .layer_sizes
+        .iter()
+        .map(|&s| ChunkLayout::new(s, p.chunk_size))
+        .collect();
+
+    // Links: each node links to up to `links` random others and accepts those linking to
+    // it; every node finds the seed (a provider of everything) when there is one.
+    let mut rng = p.seed | 1;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut adjacency: Vec<Vec<usize>> = vec![Vec::new(); total_nodes];
+    for a in 0..p.nodes {
+        let want = p.links.min(p.nodes - 1);
+        let mut picked = 0;
+        let mut tries = 0;
+        while picked < want && tries < want * 20 {
+            tries += 1;
+            let b = (next() % p.nodes as u64) as usize;
+            if b != a && !adjacency[a].contains(&b) {
+                adjacency[a].push(b);
+                adjacency[b].push(a);
+                picked += 1;
+            }
+        }
+        if let Some(s) = seed_node {
+            adjacency[a].push(s);
+            adjacency[s].push(a);
+        }
+    }
+
+    let mut nodes: Vec<Node> = (0..total_nodes)
+        .map(|i| Node {
+            id: ids[i],
+            links: std::mem::take(&mut adjacency[i]),
+            scheds: layouts
+                .iter()
+                .map(|l| {
+                    (Some(i) != seed_node)
+                        .then(|| Scheduler::new(ids[i], *l, false, p.config.clone()))
+                })
+                .collect(),
+            inbox: vec![Vec::new(); layouts.len()],
+            done: vec![Some(i) == seed_node; layouts.len()],
+            finished_at: None,
+            peer_in_flight: 0,
+            waiting: VecDeque::new(),
+        })
+        .collect();
+
+    // Everyone's first view, at the end of the settle: every link, with what it holds.
+    for i in 0..p.nodes {
+        for (b, layout) in layouts.iter().enumerate() {
+            let count = layout.count() as usize;
+            let events: Vec<Event> = nodes[i]
+                .links
+                .iter()
+                .map(|&l| Event::PeerBitfield {
+                    peer: ids[l],
+                    chunks: vec![Some(l) == seed_node; count],
+                    downloading: Some(l) != seed_node,
+                })
+                .collect();
+            nodes[i].inbox[b] = events;
+        }
+    }
+
+    let mut flows: Vec<Flow> = Vec::new();
+    let mut delayed: BTreeMap<(u64, u64), (usize, usize, Event)> = BTreeMap::new();
+    let mut seq = 0u64;
+    let lat = p.latency.as_secs_f64();
+    let dt = p.step.as_secs_f64();
+    let mut out = Outcome {
+        completion: vec![None; p.nodes],
+        origin_bytes: 0,
+        peer_bytes: 0,
+        scheduler_calls: 0,
+    };
+    let mut t = p.settle.as_secs_f64();
+    let mut next_tick = t + 0.5;
+    // Uplink capacities by slot (nodes, then the origin); downlinks are node_rate.
+    let caps: Vec<f64> = (0..=total_nodes)
+        .map(|i| {
+            if i == total_nodes {
+                p.origin_rate
+            } else {
+                p.node_rate
+            }
+        })
+        .collect();
+    let mut rates: Vec<f64> = Vec::new();
+    let mut up_share = vec![0.0; total_nodes + 1];
+    let mut down_share = vec![0.0; total_nodes];
+    let slot = |e: Endpoint| slot_of(e, total_nodes);
+
+    while t < p.limit.as_secs_f64() && nodes[..p.nodes].iter().any(|n| n.finished_at.is_none()) {
+        // 1. Schedulers with news act on it.
+        let now = Duration::from_secs_f64(t);
+        let tick = t >= next_tick;
+        if tick {
+            next_tick += 0.5;
+        }
+        // Indexes, not iterators: acting on node i's actions touches other nodes too.
+        #[allow(clippy::needless_range_loop)]
+        for i in 0..total_nodes {
+            for b in 0..layouts.len() {
+                if nodes[i].done[b] || (nodes[i].inbox[b].is_empty() && !tick) {
+                    continue;
+                }
+                let mut events = std::mem::take(&mut nodes[i].inbox[b]);
+                if tick {
+                    events.push(Event::Tick);
+                }
+                let Some(s) = nodes[i].scheds[b].as_mut() else {
+                    continue;
+                };
+                out.scheduler_calls += 1;
+                let actions = s.handle_batch(now, events);
+                for a in actions {
+                    match a {
+                        Action::Request { source, chunk } => {
+                            let src = match source {
+                                Source::Origin => Endpoint::Origin,
+                                Source::Peer(id) => Endpoint::Node(index[&id]),
+                            };
+                            if src != Endpoint::Origin && nodes[i].peer_in_flight >= p.peer_cap {
+                                nodes[i].waiting.push_back((slot(src), b, chunk));
+                                continue;
+                            }
+                            if src != Endpoint::Origin {
+                                nodes[i].peer_in_flight += 1;
+                            }
+                            let bytes = layouts[b].range(chunk).map_or(0, |r| r.end - r.start);
+                            flows.push(Flow {
+                                src,
+                                dst: i,
+                                blob: b,
+                                chunk,
+                                remaining: bytes as f64,
+                                starts: t + lat,
+                                admitted: src == Endpoint::Origin,
+                            });
+                        }
+                        Action::Cancel { source, chunk } => {
+                            let src = match source {
+                                Source::Origin => Endpoint::Origin,
+                                Source::Peer(id) => Endpoint::Node(index[&id]),
+                            };
+                            if let Some(pos) = flows.iter().position(|f| {
+                                f.dst == i && f.blob == b && f.chunk == chunk && f.src == src
+                            }) {
+                                flows.swap_remove(pos);
+                                if src != Endpoint::Origin {
+                                    nodes[i].peer_in_flight -= 1;
+                                }
+                            } else {
+                                nodes[i].waiting.retain(|&(s, wb, c)| {
+                                    !(s == slot(src) && wb == b && c == chunk)
+                                });
+                            }
+                        }
+                        Action::Announce { chunk } => {
+                            let me = nodes[i].id;
+                            for &l in &nodes[i].links {
+                                seq += 1;
+                                let at = ((t + lat) * 1e9) as u64;
+                                delayed
+                                    .insert((at, seq), (l, b, Event::PeerHave { peer: me, chunk }));
+                            }
+                        }
+                        Action::Complete => nodes[i].done[b] = true,
+                        Action::Abort { reason } => {
+                            eprintln!("node {i} layer {b} aborted: {reason}");
+                            nodes[i].done[b] = true;
+                        }
+                        Action::Ban { .. } => {}
+                    }
+                }
+                // Freed request slots go to waiting requests.
+                while nodes[i].peer_in_flight < p.peer_cap {
+                    let Some((src, wb, chunk)) = nodes[i].waiting.pop_front() else {
+                        break;
+                    };
+                    nodes[i].peer_in_flight += 1;
+                    let bytes = layouts[wb].range(chunk).map_or(0, |r| r.end - r.start);
+                    flows.push(Flow {
+                        src: Endpoint::Node(src),
+                        dst: i,
+                        blob: wb,
+                        chunk,
+                        remaining: bytes as f64,
+                        starts: t + lat,
+                        admitted: false,
+                    });
+                }
+            }
+            if i < p.nodes && nodes[i].finished_at.is_none() && nodes[i].done.iter().all(|d| *d) {
+                nodes[i].finished_at = Some(t);
+                out.completion[i] = Some(t);
+            }
+        }
+
+        // 2. Senders admit waiting requests to free upload slots; refuse the stale ones.
+        let mut busy = vec![0usize; total_nodes];
+        for f in flows.iter().filter(|f| f.admitted) {
+            if let Endpoint::Node(n) = f.src {
+                busy[n] += 1;
+            }
+        }
+        let wait = p.upload_queue_wait.as_secs_f64();
+        let mut k = 0;
+        while k < flows.len() {
+            let f = &mut flows[k];
+            if f.admitted || f.starts > t {
+                k += 1;
+                continue;
+            }
+            let Endpoint::Node(n) = f.src else {
+                k += 1;
+                continue;
+            };
+            if busy[n] < p.upload_slots {
+                busy[n] += 1;
+                f.admitted = true;
+                k += 1;
+            } else if t - f.starts >= wait {
+                let f = flows.swap_remove(k);
+                nodes[f.dst].peer_in_flight -= 1;
+                seq += 1;
+                let at = ((t + lat) * 1e9) as u64;
+                let source = Source::Peer(nodes[n].id);
+                delayed.insert(
+                    (at, seq),
+                    (
+                        f.dst,
+                        f.blob,
+                        Event::RequestFailed {
+                            source,
+                            chunk: f.chunk,
+                        },
+                    ),
+                );
+            } else {
+                k += 1;
+            }
+        }
+        // 3. The network moves bytes for one step, at max-min fair rates.
+        allocate(
+            &flows,
+            t,
+            &caps,
+            &mut rates,
+            &mut up_share,
+            &mut down_share,
+            total_nodes,
+        );
+        let mut k = 0;
+        while k < flows.len() {
+            let f = &mut flows[k];
+            if !f.admitted || f.starts > t {
+                k += 1;
+                continue;
+            }
+            f.remaining -= rates[k] * dt;
+            if f.remaining > 0.0 {
+                k += 1;
+                continue;
+            }
+            let f = flows.swap_remove(k);
+            rates.swap_remove(k);
+            let bytes = layouts[f.blob]
+                .range(f.chunk)
+                .map_or(0, |r| r.end - r.start);
+            let source = match f.src {
+                Endpoint::Origin => {
+                    out.origin_bytes += bytes;
+                    Source::Origin
+                }
+                Endpoint::Node(n) => {
+                    out.peer_bytes += bytes;
+                    nodes[f.dst].peer_in_flight -= 1;
+                    Source::Peer(nodes[n].id)
+                }
+            };
+            seq += 1;
+            let at = ((t + dt + lat) * 1e9) as u64;
+            delayed.insert(
+                (at, seq),
+                (
+                    f.dst,
+                    f.blob,
+                    Event::ChunkArrived {
+                        source,
+                        chunk: f.chunk,
+                        valid: true,
+                    },
+                ),
+            );
+        }
+        t += dt;
+
+        // 4. Messages that have arrived by now.
+        let now_ns = (t * 1e9) as u64;
+        while let Some(entry) = delayed.first_entry() {
+            if entry.key().0 > now_ns {
+                break;
+            }
+            let (node, blob, event) = entry.remove();
+            nodes[node].inbox[blob].push(event);
+        }
+    }
+    out
+}
