@@ -64,6 +64,10 @@ struct Args {
     /// Override the stream window, in chunks (exploration).
     #[arg(long)]
     stream_window: Option<u32>,
+    /// Tell every node the full set of downloading nodes this often (an upper bound
+    /// for gossiping the interested set; the daemon does not gossip it yet).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    gossip: Option<Duration>,
     /// Stop a run after this much simulated time.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     limit: Duration,
@@ -138,6 +142,7 @@ fn main() -> Result<()> {
                 seed: args.seed,
                 config: config(&args),
                 limit: args.limit,
+                gossip: args.gossip,
             };
             let started = Instant::now();
             let out = world::run(&params);

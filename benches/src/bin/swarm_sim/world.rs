@@ -47,6 +47,9 @@ pub struct Params {
     pub config: Config,
     /// Give up after this much simulated time.
     pub limit: Duration,
+    /// Every this often, each node learns the full set of nodes still downloading each
+    /// layer (`Event::Interested`): an upper bound for a gossip of interested nodes.
+    pub gossip: Option<Duration>,
 }
 
 /// What happened.
@@ -276,6 +279,7 @@ pub fn run(p: &Params) -> Outcome {
     };
     let mut t = p.settle.as_secs_f64();
     let mut next_tick = t + 0.5;
+    let mut next_gossip = t;
     // Uplink capacities by slot (nodes, then the origin); downlinks are node_rate.
     let caps: Vec<f64> = (0..=total_nodes)
         .map(|i| {
@@ -292,6 +296,20 @@ pub fn run(p: &Params) -> Outcome {
     let slot = |e: Endpoint| slot_of(e, total_nodes);
 
     while t < p.limit.as_secs_f64() && nodes[..p.nodes].iter().any(|n| n.finished_at.is_none()) {
+        if let Some(every) = p.gossip {
+            if t >= next_gossip {
+                next_gossip += every.as_secs_f64();
+                for b in 0..layouts.len() {
+                    let wanting: Vec<NodeId> =
+                        nodes.iter().filter(|n| !n.done[b]).map(|n| n.id).collect();
+                    for n in nodes.iter_mut().filter(|n| !n.done[b]) {
+                        n.inbox[b].push(Event::Interested {
+                            nodes: wanting.clone(),
+                        });
+                    }
+                }
+            }
+        }
         // 1. Schedulers with news act on it.
         let now = Duration::from_secs_f64(t);
         let tick = t >= next_tick;

@@ -68,6 +68,7 @@ pub struct Config {
     /// means each finishes sooner and reaches the other nodes sooner (simulated: 8
     /// nodes 1.71x -> 1.44x T_limit going from 2 to 1).
     pub shared_origin_requests: usize,
+
     /// A peer request unanswered for this long is cancelled and retried elsewhere.
     /// Origin requests are exempt: with many nodes sharing the origin each range is
     /// slow but progressing, and cancelling it restarts it from zero (the simulator
@@ -147,6 +148,14 @@ pub enum Event {
     /// The whole blob failed its sha256 after all chunks arrived: chunks that came from
     /// peers without index verification are suspect and are refetched from the origin.
     BlobCorrupt,
+    /// Nodes beyond this node's links known to be downloading the blob too (learned by
+    /// gossip); they join the rendezvous assignment of origin chunks until a newer list
+    /// replaces them or `assignment_grace` passes. With only its own links each node of
+    /// a large swarm sees a different interested set, and chunks get many owners.
+    Interested {
+        /// The nodes (this node and linked peers may be included; they are ignored).
+        nodes: Vec<NodeId>,
+    },
     /// Nothing happened; time passed.
     Tick,
 }
@@ -231,6 +240,8 @@ pub struct Scheduler {
     finished: bool,
     /// Rendezvous assignment: (live interested set, owned-by-me per chunk).
     ownership: Option<(Vec<NodeId>, Vec<bool>)>,
+    /// Interested nodes beyond the links (gossip), and when that was learned.
+    remote_interested: (Vec<NodeId>, Duration),
     /// Last time a chunk arrived (or the download started): the stall safety net.
     last_progress: Option<Duration>,
     actions: Vec<Action>,
@@ -258,6 +269,7 @@ impl Scheduler {
             finished: false,
             last_progress: None,
             ownership: None,
+            remote_interested: (Vec::new(), Duration::ZERO),
             actions: Vec::new(),
         }
     }
@@ -374,6 +386,7 @@ impl Scheduler {
                 }
             }
             Event::BlobCorrupt => self.on_corrupt(),
+            Event::Interested { nodes } => self.remote_interested = (nodes, now),
             Event::Tick => {}
         }
     }
@@ -532,14 +545,23 @@ impl Scheduler {
     /// The live interested nodes (this one included), sorted.
     fn live_interested(&self, now: Duration) -> Vec<NodeId> {
         let grace = self.config.assignment_grace;
+        let (remote, learned) = &self.remote_interested;
+        let remote_fresh = now.saturating_sub(*learned) < grace;
         let mut live: Vec<NodeId> = self
             .peers
             .iter()
             .filter(|(_, st)| st.downloading && now.saturating_sub(st.last_heard) < grace)
             .map(|(id, _)| *id)
             .chain([self.me])
+            .chain(
+                remote
+                    .iter()
+                    .copied()
+                    .filter(|n| remote_fresh && !self.peers.contains_key(n)),
+            )
             .collect();
         live.sort_unstable();
+        live.dedup();
         live
     }
 
@@ -684,6 +706,7 @@ impl Scheduler {
         } else {
             self.owned(now).to_vec()
         };
+        let shared = self.live_interested(now).len() > 1;
         let mut wanted: Vec<u32> = missing
             .iter()
             .copied()
@@ -692,7 +715,7 @@ impl Scheduler {
             .collect();
         // In order, window first: the origin is the source of last resort for streaming too.
         wanted.sort_by_key(|&c| (c >= window_end, c));
-        let limit = if self.live_interested(now).len() > 1 {
+        let limit = if shared {
             self.config.shared_origin_requests.max(1)
         } else {
             self.config.max_origin_requests

@@ -466,6 +466,30 @@ fn slow_origin_requests_are_not_cancelled_by_the_peer_timeout() {
     assert!(requests(&done).contains(&(Source::Origin, 1)), "{done:?}");
 }
 
+#[test]
+fn gossiped_interested_nodes_take_part_in_the_origin_assignment() {
+    // Two nodes that are not linked: alone, each would fetch every chunk itself.
+    let (a, b) = (NodeId(11), NodeId(22));
+    let chunks = 64;
+    let cfg = Config {
+        max_origin_requests: chunks as usize,
+        shared_origin_requests: chunks as usize,
+        ..Config::default()
+    };
+    let mut sa = Scheduler::new(a, layout(chunks), false, cfg.clone());
+    let mut sb = Scheduler::new(b, layout(chunks), false, cfg);
+    let told =
+        |s: &mut Scheduler| requests(&s.handle(ms(0), Event::Interested { nodes: vec![a, b] }));
+    let (ra, rb) = (told(&mut sa), told(&mut sb));
+    assert_eq!(
+        ra.len() + rb.len(),
+        chunks as usize,
+        "each chunk has one owner"
+    );
+    assert!(!ra.is_empty() && !rb.is_empty(), "both own some");
+    assert!(ra.iter().all(|r| !rb.contains(r)), "no chunk owned twice");
+}
+
 /// A tiny discrete-event world: N schedulers, an origin, fixed transfer delays.
 struct World {
     nodes: BTreeMap<NodeId, Scheduler>,
