@@ -64,10 +64,14 @@ struct Args {
     /// Override the stream window, in chunks (exploration).
     #[arg(long)]
     stream_window: Option<u32>,
-    /// Tell every node the full set of downloading nodes this often (an upper bound
-    /// for gossiping the interested set; the daemon does not gossip it yet).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    gossip: Option<Duration>,
+    /// How often each node tells its links its own interested links (scheduler
+    /// `Event::Interested`; an experiment: the daemon does not send them yet). `0s`: off.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    gossip: Duration,
+    /// With --gossip: tell every node the full set of downloading nodes instead (the
+    /// upper bound a membership protocol could reach).
+    #[arg(long)]
+    gossip_global: bool,
     /// Stop a run after this much simulated time.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     limit: Duration,
@@ -142,7 +146,8 @@ fn main() -> Result<()> {
                 seed: args.seed,
                 config: config(&args),
                 limit: args.limit,
-                gossip: args.gossip,
+                gossip: (!args.gossip.is_zero()).then_some(args.gossip),
+                gossip_global: args.gossip_global,
             };
             let started = Instant::now();
             let out = world::run(&params);

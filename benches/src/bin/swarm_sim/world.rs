@@ -47,9 +47,12 @@ pub struct Params {
     pub config: Config,
     /// Give up after this much simulated time.
     pub limit: Duration,
-    /// Every this often, each node learns the full set of nodes still downloading each
-    /// layer (`Event::Interested`): an upper bound for a gossip of interested nodes.
+    /// Every this often, each node sends its links its own interested links
+    /// (`Event::Interested`: two hops of view).
     pub gossip: Option<Duration>,
+    /// Instead, every node is told the full set of downloading nodes (through one of its
+    /// links): the upper bound any membership protocol could reach.
+    pub gossip_global: bool,
 }
 
 /// What happened.
@@ -296,20 +299,6 @@ pub fn run(p: &Params) -> Outcome {
     let slot = |e: Endpoint| slot_of(e, total_nodes);
 
     while t < p.limit.as_secs_f64() && nodes[..p.nodes].iter().any(|n| n.finished_at.is_none()) {
-        if let Some(every) = p.gossip {
-            if t >= next_gossip {
-                next_gossip += every.as_secs_f64();
-                for b in 0..layouts.len() {
-                    let wanting: Vec<NodeId> =
-                        nodes.iter().filter(|n| !n.done[b]).map(|n| n.id).collect();
-                    for n in nodes.iter_mut().filter(|n| !n.done[b]) {
-                        n.inbox[b].push(Event::Interested {
-                            nodes: wanting.clone(),
-                        });
-                    }
-                }
-            }
-        }
         // 1. Schedulers with news act on it.
         let now = Duration::from_secs_f64(t);
         let tick = t >= next_tick;
@@ -416,6 +405,44 @@ pub fn run(p: &Params) -> Outcome {
             }
         }
 
+        if let Some(every) = p.gossip {
+            if t >= next_gossip {
+                next_gossip += every.as_secs_f64();
+                // Each node tells its links its own interested links (right after its
+                // first scheduling, then every `every`); or, as an upper bound, every
+                // node hears the full set.
+                for b in 0..layouts.len() {
+                    let global: Vec<NodeId> =
+                        nodes.iter().filter(|n| !n.done[b]).map(|n| n.id).collect();
+                    for (i, node) in nodes.iter().enumerate() {
+                        let Some(s) = node.scheds[b].as_ref().filter(|_| !node.done[b]) else {
+                            continue;
+                        };
+                        let at = ((t + lat) * 1e9) as u64;
+                        if p.gossip_global {
+                            if let Some(&l) = node.links.first() {
+                                seq += 1;
+                                let event = Event::Interested {
+                                    from: nodes[l].id,
+                                    nodes: global.clone(),
+                                };
+                                delayed.insert((at, seq), (i, b, event));
+                            }
+                            continue;
+                        }
+                        let list = s.linked_interested(now);
+                        for &l in &node.links {
+                            seq += 1;
+                            let event = Event::Interested {
+                                from: node.id,
+                                nodes: list.clone(),
+                            };
+                            delayed.insert((at, seq), (l, b, event));
+                        }
+                    }
+                }
+            }
+        }
         // 2. Senders admit waiting requests to free upload slots; refuse the stale ones.
         let mut busy = vec![0usize; total_nodes];
         for f in flows.iter().filter(|f| f.admitted) {

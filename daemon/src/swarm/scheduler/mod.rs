@@ -32,6 +32,9 @@ use std::time::Duration;
 
 use shoal_proto::ChunkLayout;
 
+/// Nodes taken from one peer's [`Event::Interested`] list at most.
+pub const MAX_HEARD_INTERESTED: usize = 1024;
+
 /// A node's identity as the scheduler sees it: 64 bits of a hash of its PeerId, equal on
 /// every node, so rendezvous assignments agree cluster-wide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -148,12 +151,17 @@ pub enum Event {
     /// The whole blob failed its sha256 after all chunks arrived: chunks that came from
     /// peers without index verification are suspect and are refetched from the origin.
     BlobCorrupt,
-    /// Nodes beyond this node's links known to be downloading the blob too (learned by
-    /// gossip); they join the rendezvous assignment of origin chunks until a newer list
-    /// replaces them or `assignment_grace` passes. With only its own links each node of
-    /// a large swarm sees a different interested set, and chunks get many owners.
+    /// A linked peer's own interested links (it and the nodes it is linked to that
+    /// download the blob). They join this node's rendezvous assignment of origin chunks
+    /// until that peer sends a newer list, goes away, or `assignment_grace` passes. With
+    /// only its own links, each node of a large swarm sees a different interested set
+    /// and chunks get many owners; two hops of view make the sets nearly agree. The
+    /// simulator drives this (`swarm-sim --gossip`); the daemon has no wire message for
+    /// it yet (benches/RESULTS.md says why: mixed results at 100 nodes).
     Interested {
-        /// The nodes (this node and linked peers may be included; they are ignored).
+        /// The peer that sent the list.
+        from: NodeId,
+        /// Its interested links.
         nodes: Vec<NodeId>,
     },
     /// Nothing happened; time passed.
@@ -240,8 +248,8 @@ pub struct Scheduler {
     finished: bool,
     /// Rendezvous assignment: (live interested set, owned-by-me per chunk).
     ownership: Option<(Vec<NodeId>, Vec<bool>)>,
-    /// Interested nodes beyond the links (gossip), and when that was learned.
-    remote_interested: (Vec<NodeId>, Duration),
+    /// Each linked peer's interested links (gossip), and when it sent them.
+    heard_interested: HashMap<NodeId, (Vec<NodeId>, Duration)>,
     /// Last time a chunk arrived (or the download started): the stall safety net.
     last_progress: Option<Duration>,
     actions: Vec<Action>,
@@ -269,7 +277,7 @@ impl Scheduler {
             finished: false,
             last_progress: None,
             ownership: None,
-            remote_interested: (Vec::new(), Duration::ZERO),
+            heard_interested: HashMap::new(),
             actions: Vec::new(),
         }
     }
@@ -386,7 +394,12 @@ impl Scheduler {
                 }
             }
             Event::BlobCorrupt => self.on_corrupt(),
-            Event::Interested { nodes } => self.remote_interested = (nodes, now),
+            Event::Interested { from, mut nodes } => {
+                if self.peers.contains_key(&from) {
+                    nodes.truncate(MAX_HEARD_INTERESTED);
+                    self.heard_interested.insert(from, (nodes, now));
+                }
+            }
             Event::Tick => {}
         }
     }
@@ -411,6 +424,7 @@ impl Scheduler {
 
     fn drop_peer(&mut self, peer: NodeId) {
         self.peers.remove(&peer);
+        self.heard_interested.remove(&peer);
         let chunks: Vec<u32> = self
             .in_flight
             .iter()
@@ -545,23 +559,37 @@ impl Scheduler {
     /// The live interested nodes (this one included), sorted.
     fn live_interested(&self, now: Duration) -> Vec<NodeId> {
         let grace = self.config.assignment_grace;
-        let (remote, learned) = &self.remote_interested;
-        let remote_fresh = now.saturating_sub(*learned) < grace;
+        let mut live: Vec<NodeId> = self.linked_interested(now);
+        for (from, (nodes, heard)) in &self.heard_interested {
+            if now.saturating_sub(*heard) < grace && self.peers.contains_key(from) {
+                // A linked peer this node knows to be complete is a seed, not a
+                // co-downloader, whatever an older list says (as an owner it would
+                // hold chunks nobody fetches until the grace runs out).
+                live.extend(
+                    nodes
+                        .iter()
+                        .copied()
+                        .filter(|n| self.peers.get(n).is_none_or(|st| st.downloading)),
+                );
+            }
+        }
+        live.sort_unstable();
+        live.dedup();
+        live
+    }
+
+    /// This node and its linked peers that are downloading the blob and were heard from
+    /// within the grace: what it tells its peers ([`Event::Interested`]).
+    pub fn linked_interested(&self, now: Duration) -> Vec<NodeId> {
+        let grace = self.config.assignment_grace;
         let mut live: Vec<NodeId> = self
             .peers
             .iter()
             .filter(|(_, st)| st.downloading && now.saturating_sub(st.last_heard) < grace)
             .map(|(id, _)| *id)
             .chain([self.me])
-            .chain(
-                remote
-                    .iter()
-                    .copied()
-                    .filter(|n| remote_fresh && !self.peers.contains_key(n)),
-            )
             .collect();
         live.sort_unstable();
-        live.dedup();
         live
     }
 

@@ -468,26 +468,48 @@ fn slow_origin_requests_are_not_cancelled_by_the_peer_timeout() {
 
 #[test]
 fn gossiped_interested_nodes_take_part_in_the_origin_assignment() {
-    // Two nodes that are not linked: alone, each would fetch every chunk itself.
-    let (a, b) = (NodeId(11), NodeId(22));
+    // a and b are not linked to each other, only to c, which tells each about the other.
+    let (a, b, c) = (NodeId(11), NodeId(22), NodeId(33));
     let chunks = 64;
     let cfg = Config {
         max_origin_requests: chunks as usize,
         shared_origin_requests: chunks as usize,
         ..Config::default()
     };
-    let mut sa = Scheduler::new(a, layout(chunks), false, cfg.clone());
-    let mut sb = Scheduler::new(b, layout(chunks), false, cfg);
-    let told =
-        |s: &mut Scheduler| requests(&s.handle(ms(0), Event::Interested { nodes: vec![a, b] }));
-    let (ra, rb) = (told(&mut sa), told(&mut sb));
-    assert_eq!(
-        ra.len() + rb.len(),
-        chunks as usize,
-        "each chunk has one owner"
-    );
-    assert!(!ra.is_empty() && !rb.is_empty(), "both own some");
+    let origin_requests = |me: NodeId, gossip: bool| {
+        let mut s = Scheduler::new(me, layout(chunks), false, cfg.clone());
+        let mut events = vec![Event::PeerBitfield {
+            peer: c,
+            chunks: vec![false; chunks as usize],
+            downloading: true,
+        }];
+        if gossip {
+            events.push(Event::Interested {
+                from: c,
+                nodes: vec![a, b, c],
+            });
+        }
+        requests(&s.handle_batch(ms(0), events))
+    };
+    // Without the gossip, a and b each think they share the chunks with c alone.
+    let (ra, rb) = (origin_requests(a, false), origin_requests(b, false));
+    let doubled = ra.iter().filter(|r| rb.contains(r)).count();
+    assert!(doubled > 0, "overlapping views assign some chunks twice");
+    // With it, the three-way split agrees: no chunk is fetched by both.
+    let (ra, rb) = (origin_requests(a, true), origin_requests(b, true));
+    assert!(!ra.is_empty() && !rb.is_empty());
     assert!(ra.iter().all(|r| !rb.contains(r)), "no chunk owned twice");
+    // Lists from peers that are not linked are ignored.
+    let mut s = Scheduler::new(a, layout(chunks), false, cfg.clone());
+    s.handle(
+        ms(0),
+        Event::Interested {
+            from: b,
+            nodes: vec![a, b],
+        },
+    );
+    assert_eq!(s.linked_interested(ms(0)), vec![a]);
+    assert_eq!(s.live_interested(ms(0)), vec![a]);
 }
 
 /// A tiny discrete-event world: N schedulers, an origin, fixed transfer delays.
