@@ -260,26 +260,21 @@ impl Daemon {
         };
         let control_unix = axum::serve(self.control_unix, self.control_router)
             .with_graceful_shutdown(until_stopped());
-        let control_tcp = async {
-            match self.control_tcp {
-                Some((listener, router)) => {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(until_stopped())
-                        .await
+        let optional = |server: Option<(tokio::net::TcpListener, axum::Router)>| {
+            let stop = until_stopped();
+            async move {
+                match server {
+                    Some((listener, router)) => {
+                        axum::serve(listener, router)
+                            .with_graceful_shutdown(stop)
+                            .await
+                    }
+                    None => Ok(()),
                 }
-                None => Ok(()),
             }
         };
-        let ops = async {
-            match self.ops {
-                Some((listener, router)) => {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(until_stopped())
-                        .await
-                }
-                None => Ok(()),
-            }
-        };
+        let control_tcp = optional(self.control_tcp);
+        let ops = optional(self.ops);
         let grace = self.shutdown_grace;
         let transfer = self.transfer.clone();
         let drain_signal = until_stopped();
