@@ -57,9 +57,9 @@ const TICK: Duration = Duration::from_millis(200);
 /// idle timeout (8 s), which removes it from the interested set at once; the grace
 /// period is only for live peers that are slow to announce, and under a congested origin
 /// (tens of nodes sharing it) a chunk can take many seconds. Two origin requests per
-/// blob keep the origin link busy without making every chunk finish late at once,
+/// blob keep the origin link busy for a node downloading alone; with others downloading
+/// too, one (`shared_origin_requests`) keeps chunks from all finishing late at once,
 /// which would delay passing them on to peers.
-/// The scheduler configuration the daemon runs downloads with.
 pub fn scheduler_config() -> scheduler::Config {
     scheduler::Config {
         assignment_grace: Duration::from_secs(30),

@@ -10,7 +10,8 @@
 //! settle before a download starts, links to at most `links` random providers per node
 //! (incoming links accepted, as in the driver), the node-wide cap of `peer_cap` peer
 //! requests in flight (excess requests wait), `upload_slots` uploads per node with
-//! requests refused (Busy) after waiting `upload_queue_wait`, and a Tick every 500 ms.
+//! requests refused (Busy) after waiting `upload_queue_wait`, and a Tick every 500 ms (the
+//! driver ticks every 200 ms; ticks only drive timeouts and grace periods).
 //! Rates are approximately max-min fair (see [`allocate`]). Not modelled: CPU (the
 //! emulation's 2 vCPUs saturate at 8 nodes), TCP/QUIC congestion dynamics, the DHT's
 //! discovery delay, manifest and config fetches, the client's 3-blobs-at-a-time order.
