@@ -18,6 +18,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use libp2p_identity::{Keypair, PeerId};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -375,11 +376,20 @@ impl Transfer {
         }
     }
 
-    async fn serve_connection(&self, conn: &Connection) -> Result<(), NetError> {
+    async fn serve_connection(self: &Arc<Self>, conn: &Connection) -> Result<(), NetError> {
         let remote = remote_peer_id(conn)?;
-        let binding = binding(conn)?;
         let span = tracing::info_span!("peer", peer = %remote, addr = %conn.remote_address());
-        let _enter = span.enter();
+        self.serve_authenticated(conn, remote)
+            .instrument(span)
+            .await
+    }
+
+    async fn serve_authenticated(
+        self: &Arc<Self>,
+        conn: &Connection,
+        remote: PeerId,
+    ) -> Result<(), NetError> {
+        let binding = binding(conn)?;
         let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
             let (send, mut recv) = conn
                 .accept_bi()
@@ -428,16 +438,24 @@ impl Transfer {
                     return Ok(());
                 }
             };
-            if let Err(e) = self
-                .serve_stream(remote, conn.remote_address(), send, recv)
-                .await
-            {
-                if matches!(e, NetError::Protocol(_)) {
-                    conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed message");
-                    return Err(e);
+            // Each request on its own task: a chunk upload paced by the peer's download
+            // must not hold up its other requests (interest links, other blobs' chunks,
+            // index and tag requests) on the same connection.
+            let (me, conn) = (self.clone(), conn.clone());
+            tokio::spawn(
+                async move {
+                    let addr = conn.remote_address();
+                    if let Err(e) = me.serve_stream(remote, addr, send, recv).await {
+                        if matches!(e, NetError::Protocol(_)) {
+                            tracing::warn!(error = %e, "dropping peer connection");
+                            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed message");
+                        } else {
+                            tracing::debug!(error = %e, "request stream failed");
+                        }
+                    }
                 }
-                tracing::debug!(error = %e, "request stream failed");
-            }
+                .in_current_span(),
+            );
         }
     }
 
