@@ -171,12 +171,14 @@ async fn sigterm_drains_in_flight_uploads_before_exiting() {
     Pusher::new(&swarm.registry.host(), None)
         .artifact("models/term", "v1", &model)
         .await;
-    for _ in 0..3 {
-        swarm.add_node(None, &["--max-upload-rate", "16MiB"]).await;
+    // The leaving node uploads at 1 MiB/s, so a chunk of it is in flight for seconds.
+    for rate in ["1MiB", "16MiB", "16MiB"] {
+        swarm.add_node(None, &["--max-upload-rate", rate]).await;
     }
     swarm.wait_peers(2, 2).await;
     let digest = model.layers[0].digest.clone();
-    for n in 0..2 {
+    // Node 1 first (from the origin), so node 0 then copies it from node 1 quickly.
+    for n in [1, 0] {
         swarm
             .get_blob_verified(n, "models/term", &digest)
             .await
@@ -187,10 +189,13 @@ async fn sigterm_drains_in_flight_uploads_before_exiting() {
     let node = &swarm.nodes[2].shoald;
     let pull = swarm.get_blob_verified(2, "models/term", &digest);
     let term = async {
-        let receiving =
-            crate::common::wait_until(30, || node.logs().contains("swarm download starting")).await;
-        assert!(receiving, "{}", node.logs());
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // Bytes flowing from the peers means both have a chunk request in flight (one
+        // per peer at a time, and the leaving node takes 4 s per chunk).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while node.metric("shoal_peer_bytes_total").await <= 0.0 {
+            assert!(std::time::Instant::now() < deadline, "{}", node.logs());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         // SAFETY: kill(2) on a child process of this test.
         unsafe { libc::kill(leaving.pid() as i32, libc::SIGTERM) };
         crate::common::wait_until(40, || leaving.logs().contains("shoald stopped")).await
