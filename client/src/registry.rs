@@ -103,17 +103,15 @@ impl MirrorClient {
             .ok()
             .and_then(|b| oci::error_message(&b))
             .unwrap_or_else(|| status.to_string());
-        let (code, hint) = match status.as_u16() {
-            404 => (ErrorCode::NotFound, "check the name and tag"),
-            502..=504 => (
-                ErrorCode::UpstreamUnreachable,
-                "the registry is unreachable and no peer has it; check the network or pull it on a node that can reach the registry",
-            ),
-            507 => (ErrorCode::DiskFull, "free space on the node (shoal gc) and retry"),
-            401 | 403 => (ErrorCode::Internal, "the registry refused: check shoald's --credentials"),
-            400 => (ErrorCode::BadRequest, "the reference is malformed"),
-            _ => (ErrorCode::Internal, "see shoald's log"),
+        let hint = match status.as_u16() {
+            404 => "check the name and tag",
+            502..=504 => "the registry is unreachable and no peer has it; check the network or pull it on a node that can reach the registry",
+            507 => "free space on the node (shoal gc) and retry",
+            401 | 403 => "the registry refused: check shoald's --credentials",
+            400 => "the reference is malformed",
+            _ => "see shoald's log",
         };
+        let code = ErrorCode::for_registry_status(status.as_u16());
         Err(ClientError::Api {
             code,
             message: format!("{what}: {detail} ({hint})"),

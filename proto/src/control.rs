@@ -36,6 +36,19 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl ErrorCode {
+    /// The kind of failure a registry (or shoald's mirror) answer of `status` means.
+    pub fn for_registry_status(status: u16) -> ErrorCode {
+        match status {
+            400 => ErrorCode::BadRequest,
+            404 => ErrorCode::NotFound,
+            502..=504 => ErrorCode::UpstreamUnreachable,
+            507 => ErrorCode::DiskFull,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
 /// `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Status {

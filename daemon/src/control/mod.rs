@@ -68,6 +68,22 @@ pub enum ControlError {
     Internal(String),
 }
 
+impl ControlError {
+    /// The error of kind `code`, saying `message`.
+    pub fn from_code(code: ErrorCode, message: String) -> ControlError {
+        match code {
+            ErrorCode::BadRequest => ControlError::BadRequest(message),
+            ErrorCode::NotFound => ControlError::NotFound(message),
+            ErrorCode::UpstreamUnreachable => ControlError::UpstreamUnreachable(message),
+            ErrorCode::DiskFull => ControlError::DiskFull(message),
+            ErrorCode::DigestMismatch => ControlError::DigestMismatch(message),
+            ErrorCode::Unauthorized | ErrorCode::Timeout | ErrorCode::Internal => {
+                ControlError::Internal(message)
+            }
+        }
+    }
+}
+
 impl From<StoreError> for ControlError {
     fn from(e: StoreError) -> Self {
         match e {

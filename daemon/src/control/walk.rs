@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use http::StatusCode;
+use shoal_proto::control::ErrorCode;
 use shoal_proto::oci::{self, Descriptor, Manifest, Platform, Reference};
 use shoal_proto::Digest;
 
@@ -224,13 +224,8 @@ async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response,
         .and_then(|b| oci::error_message(&b))
         .unwrap_or_else(|| status.to_string());
     let message = format!("{what}: {message}");
-    Err(match status {
-        StatusCode::NOT_FOUND => ControlError::NotFound(message),
-        StatusCode::BAD_REQUEST => ControlError::BadRequest(message),
-        StatusCode::INSUFFICIENT_STORAGE => ControlError::DiskFull(message),
-        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
-            ControlError::UpstreamUnreachable(message)
-        }
-        _ => ControlError::Internal(message),
-    })
+    Err(ControlError::from_code(
+        ErrorCode::for_registry_status(status.as_u16()),
+        message,
+    ))
 }

@@ -69,6 +69,16 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T>
     })
 }
 
+/// Every record of a tree keyed by text, decoded.
+fn decode_all<T: serde::de::DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<(String, T)>> {
+    tree.iter()
+        .map(|kv| {
+            let (k, v) = kv?;
+            Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?))
+        })
+        .collect()
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Serialising these plain structs cannot fail (no maps with non-string keys).
     serde_json::to_vec(value).unwrap_or_default()
@@ -243,13 +253,7 @@ impl Index {
     }
 
     pub(crate) fn tags(&self) -> Result<Vec<(String, TagRecord)>> {
-        self.tags
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?))
-            })
-            .collect()
+        decode_all(&self.tags)
     }
 
     pub(crate) fn last_access(&self, digest: &Digest) -> Result<Option<u64>> {
@@ -260,13 +264,7 @@ impl Index {
     }
 
     pub(crate) fn pins(&self) -> Result<Vec<(String, PinRecord)>> {
-        self.pins
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?))
-            })
-            .collect()
+        decode_all(&self.pins)
     }
 
     pub(crate) fn put_pin(&self, reference: &str, record: &PinRecord) -> Result<()> {
