@@ -285,7 +285,15 @@ impl Ingest {
             // sha256 is inherently sequential and the slowest step; on another core the
             // BLAKE3 and the write then come almost for free (benches/RESULTS.md).
             let written = if head.len() >= PARALLEL_MIN {
-                rayon::join(|| sha.update(head), write_and_chunk_hash).1
+                // In place: this thread hashes while a pool thread writes, rather than
+                // `join` from outside the pool, which parks this thread and hands both
+                // halves to the pool (two wake-ups per piece).
+                let mut written = Ok(());
+                rayon::in_place_scope(|scope| {
+                    scope.spawn(|_| written = write_and_chunk_hash());
+                    sha.update(head);
+                });
+                written
             } else {
                 sha.update(head);
                 write_and_chunk_hash()
