@@ -2,7 +2,7 @@
 //! a staging file while a download is still writing it.
 
 use std::fs::File;
-use std::io::{self, Read as _, Seek as _};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -15,9 +15,9 @@ use super::Progress;
 /// Read size per step. Large enough for loopback throughput, small enough that a slow
 /// client costs little memory.
 const READ_SIZE: usize = 512 * 1024;
-/// Read size for committed blobs, and how many pieces may wait for the socket
-/// (4 MiB per client at most).
-const COMMITTED_READ_SIZE: usize = 1024 * 1024;
+/// Piece size for committed blobs, and how many pieces may wait for the socket
+/// (8 MiB of mapped page cache per client at most).
+const COMMITTED_READ_SIZE: usize = 2 * 1024 * 1024;
 const READ_AHEAD: usize = 4;
 
 /// Where the bytes come from.
@@ -87,35 +87,21 @@ pub fn stream_range(
     }
 }
 
-/// Pieces of a committed blob read on a blocking thread a few pieces ahead of the
-/// socket, so the disk read (or page-cache copy) of one piece overlaps sending the
-/// previous ones. Stops when the client goes away (the receiver is dropped).
+/// Pieces of a committed blob prepared on a blocking thread a few pieces ahead of the
+/// socket, so disk reads never stall the runtime and overlap sending the previous
+/// pieces. Each piece is a populated memory mapping of the file, which hyper writes
+/// straight from the page cache: one copy fewer than reading into a buffer
+/// (docker-registry uses `sendfile`). Where mapping fails, the piece is read instead.
+/// Stops when the client goes away (the receiver is dropped).
 fn read_ahead(file: Arc<File>, start: u64, end: u64) -> mpsc::Receiver<io::Result<Bytes>> {
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     tokio::task::spawn_blocking(move || {
-        // A sequential reader of our own (not pread into zeroed buffers): `read_to_end`
-        // fills spare capacity without initialising it first.
-        let mut reader = match file.try_clone().and_then(|mut f| {
-            f.seek(io::SeekFrom::Start(start))?;
-            Ok(f)
-        }) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
         let mut pos = start;
         while pos < end {
             let want = (end - pos).min(COMMITTED_READ_SIZE as u64) as usize;
-            let mut buf = Vec::with_capacity(want);
-            let piece = match (&mut reader).take(want as u64).read_to_end(&mut buf) {
-                Ok(n) if n == want => Ok(Bytes::from(buf)),
-                Ok(n) => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("blob file ended {n} bytes into a {want}-byte read"),
-                )),
-                Err(e) => Err(e),
+            let piece = match map_piece(&file, pos, want) {
+                Some(mapped) => Ok(mapped),
+                None => read_piece(&file, pos, want),
             };
             let failed = piece.is_err();
             if tx.blocking_send(piece).is_err() || failed {
@@ -125,6 +111,34 @@ fn read_ahead(file: Arc<File>, start: u64, end: u64) -> mpsc::Receiver<io::Resul
         }
     });
     rx
+}
+
+/// Maps and pre-faults `len` bytes at `at`; `None` if this file cannot be mapped.
+fn map_piece(file: &File, at: u64, len: usize) -> Option<Bytes> {
+    // SAFETY: a mapping is unsound if the file changes underneath it. Committed blobs
+    // never do: they are written under `partial/` or `tmp/`, renamed into place once
+    // their sha256 is verified, and afterwards only ever unlinked (garbage collection),
+    // which keeps the pages of a live mapping valid.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(at)
+            .len(len)
+            .populate()
+            .map(file)
+    };
+    match map {
+        Ok(map) => Some(Bytes::from_owner(map)),
+        Err(e) => {
+            tracing::debug!(error = %e, "mapping a blob piece failed; reading it instead");
+            None
+        }
+    }
+}
+
+fn read_piece(file: &File, at: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = vec![0; len];
+    file.read_exact_at(&mut buf, at)?;
+    Ok(Bytes::from(buf))
 }
 
 /// Waits until more than `pos` bytes are readable; returns how many are.
