@@ -6,6 +6,7 @@ use shoal_daemon::daemon::Daemon;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
+    return_big_buffers_to_the_os();
     let config = match Config::load_from(std::env::args_os()) {
         Ok(c) => c,
         Err(shoal_daemon::config::ConfigError::Cli(e)) => e.exit(),
@@ -19,6 +20,21 @@ fn main() {
         tracing::error!("{e:#}");
         eprintln!("shoald: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Chunk buffers of 4 MiB come and go by the hundred per second. glibc's default raises
+/// its mmap threshold after the first such buffer is freed and from then on recycles
+/// them inside its arenas, which never shrink back: peak RSS 156-168 MiB against 116 MiB
+/// with a fixed 256 KiB threshold in the 8-node swarm benchmark (benches/RESULTS.md;
+/// mimalloc measured 256-264 MiB). Buffers at or above the threshold are mapped and
+/// unmapped each time instead.
+fn return_big_buffers_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc tunable, and runs before any other thread
+    // exists. A refusal (return value 0) leaves glibc's default, which is harmless.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 
