@@ -46,6 +46,9 @@ pub struct Metrics {
     pub peer_bytes: Counter,
     /// Peer chunk fetches refused because the bytes failed the chunk index.
     pub peer_bad_chunks: Counter,
+    /// Lists of interested nodes received from peers in cold starts
+    /// (`Message::Interested`), which widen each node's view for the origin assignment.
+    pub interested_lists: Counter,
     /// Lookups answered from the store.
     pub cache_hits: Family<KindLabels, Counter>,
     /// Lookups that needed a fetch.
@@ -63,6 +66,7 @@ impl Default for Metrics {
             upstream_bytes: Counter::default(),
             peer_bytes: Counter::default(),
             peer_bad_chunks: Counter::default(),
+            interested_lists: Counter::default(),
             cache_hits: Family::default(),
             cache_misses: Family::default(),
             store_bytes: Gauge::default(),
@@ -88,6 +92,11 @@ impl Default for Metrics {
             "peer_bad_chunks",
             "Chunks from peers that failed verification",
             m.peer_bad_chunks.clone(),
+        );
+        registry.register(
+            "interested_lists",
+            "Lists of interested nodes received from peers during cold starts",
+            m.interested_lists.clone(),
         );
         registry.register(
             "cache_hits",

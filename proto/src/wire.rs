@@ -38,6 +38,7 @@
 //! | 11 | `Tag` | tag key (text), digest, resolved-at u64 (Unix seconds), media type (text) |
 //! | 12 | `PreheatRequest` | image reference (text) |
 //! | 13 | `PreheatStatus` | image reference (text), state u8, done u64, total u64, message (text) |
+//! | 14 | `Interested` | digest, count u16 (at most [`MAX_INTERESTED`]), count × node id u64 |
 //!
 //! Tags are asked of peers only when the origin is unreachable (an offline swarm still
 //! resolves tags some node has seen); the answer is a hint whose manifest is then
@@ -59,6 +60,11 @@
 //!   blob), then both send `HaveMap` (full state, replaces the last) and `Have` (one more
 //!   chunk) as they progress. A node with the blob complete answers and finishes its
 //!   side. Nodes of a cold start learn of each other, and of each other's chunks, here.
+//!   A downloading node also sends `Interested` on its links whenever the set of its
+//!   linked peers that download the blob changes: the receiver then knows the
+//!   downloaders two hops out, and assigns origin chunks over that wider set (the
+//!   scheduler's `Event::Interested`). A node id is the first 8 bytes (little-endian)
+//!   of the BLAKE3 of the node's PeerId.
 //!
 //! # Security
 //!
@@ -80,6 +86,9 @@ pub const VERSION: u8 = 1;
 /// Largest frame accepted (version + type + payload): 4 MiB. An `Index` of a blob with
 /// 4 MiB chunks fits up to ~512 GiB.
 pub const MAX_FRAME: u32 = 4 * 1024 * 1024;
+
+/// Most node ids in one `Interested` frame: 8 KiB, and more than one node's links.
+pub const MAX_INTERESTED: usize = 1024;
 
 /// Longest text field (agent strings, error messages).
 pub const MAX_TEXT: usize = 1024;
@@ -220,6 +229,14 @@ pub enum Message {
         total: u64,
         /// Failure reason, or empty.
         message: String,
+    },
+    /// The sender and its linked peers that are downloading this blob too (sent on an
+    /// interest link). Replaces the previous list from the same sender.
+    Interested {
+        /// Blob.
+        digest: Digest,
+        /// Node ids (see the module docs), at most [`MAX_INTERESTED`].
+        nodes: Vec<u64>,
     },
     /// A protocol error; the sender closes the connection after it.
     Error {
@@ -366,6 +383,7 @@ impl Message {
             Message::Tag { .. } => 11,
             Message::PreheatRequest { .. } => 12,
             Message::PreheatStatus { .. } => 13,
+            Message::Interested { .. } => 14,
         }
     }
 
@@ -450,6 +468,15 @@ impl Message {
                 out.extend_from_slice(&done.to_be_bytes());
                 out.extend_from_slice(&total.to_be_bytes());
                 put_text(out, message);
+            }
+            Message::Interested { digest, nodes } => {
+                // Truncated rather than refused by the peer, like text fields.
+                let nodes = &nodes[..nodes.len().min(MAX_INTERESTED)];
+                out.extend_from_slice(digest.as_bytes());
+                out.extend_from_slice(&(nodes.len() as u16).to_be_bytes());
+                for n in nodes {
+                    out.extend_from_slice(&n.to_be_bytes());
+                }
             }
         }
         let len = (out.len() - start - LENGTH_PREFIX) as u32;
@@ -593,6 +620,17 @@ impl Message {
                 total: r.u64()?,
                 message: r.text()?,
             },
+            14 => {
+                let digest = r.digest()?;
+                let count = usize::from(r.u16()?);
+                if count > MAX_INTERESTED {
+                    return Err(DecodeError::Malformed(format!(
+                        "{count} interested nodes, more than {MAX_INTERESTED}"
+                    )));
+                }
+                let nodes = (0..count).map(|_| r.u64()).collect::<Result<_, _>>()?;
+                Message::Interested { digest, nodes }
+            }
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;

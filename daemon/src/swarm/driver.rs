@@ -69,6 +69,10 @@ pub fn scheduler_config() -> scheduler::Config {
         // (simulated, 8 nodes: warm 1.81x -> 1.45x T_limit, cold 1.78x -> 1.44x with
         // `shared_origin_requests` 1; emulated: benches/RESULTS.md).
         max_requests_per_peer: 1,
+        // Simulated cold starts (benches/RESULTS.md), 33 nodes: 2.69x -> 2.21x T_limit;
+        // 100 nodes: 2.91x -> 2.55x, origin egress 1.000x -> 1.016x; 8 nodes: within
+        // noise.
+        origin_frontier: 8,
         ..scheduler::Config::default()
     }
 }
@@ -152,6 +156,7 @@ pub(super) async fn run(
             banned: HashSet::new(),
             in_flight: HashMap::new(),
             from_peers_unverified: false,
+            gossiped: Vec::new(),
         };
         let result = run.drive().await;
         if result.is_err() {
@@ -177,6 +182,9 @@ struct Run {
     in_flight: HashMap<(Source, u32), AbortHandle>,
     /// Whether chunks came from peers without a chunk index to check them against.
     from_peers_unverified: bool,
+    /// The linked downloaders last told to the peers (`Message::Interested`); empty
+    /// until the scheduler has seen the first links.
+    gossiped: Vec<NodeId>,
 }
 
 impl Run {
@@ -248,6 +256,7 @@ impl Run {
         let mut rediscover =
             tokio::time::interval_at(tokio::time::Instant::now() + FIRST_REDISCOVER, REDISCOVER);
         loop {
+            self.gossip(sched.linked_interested(now()));
             for action in std::mem::take(&mut pending) {
                 match action {
                     Action::Request { source, chunk } => {
@@ -330,6 +339,10 @@ impl Run {
                         }
                     }
                     LinkUpdate::Have { peer, chunk } => Event::PeerHave { peer, chunk },
+                    LinkUpdate::Interested { peer, nodes } => {
+                        self.ctx.metrics.interested_lists.inc();
+                        Event::Interested { from: peer, nodes }
+                    }
                     LinkUpdate::Closed { peer } => {
                         if self.peers.remove(&peer).is_none() {
                             continue;
@@ -348,6 +361,26 @@ impl Run {
                 _ = tick.tick() => Event::Tick,
             };
             pending.extend(sched.handle(now(), event));
+        }
+    }
+
+    /// Tells every link this node's linked downloaders when they changed, so each peer
+    /// assigns origin chunks over two hops of view ([`Event::Interested`]).
+    fn gossip(&mut self, linked: Vec<NodeId>) {
+        if linked == self.gossiped {
+            return;
+        }
+        let msg = self.interested_message(&linked);
+        for p in self.peers.values_mut() {
+            p.writers.retain(|w| w.send(msg.clone()).is_ok());
+        }
+        self.gossiped = linked;
+    }
+
+    fn interested_message(&self, nodes: &[NodeId]) -> Message {
+        Message::Interested {
+            digest: self.digest,
+            nodes: nodes.iter().map(|n| n.0).collect(),
         }
     }
 
@@ -429,6 +462,9 @@ impl Run {
             layout: our_layout,
             bitfield: our_bits,
         });
+        if !self.gossiped.is_empty() {
+            let _ = writer.send(self.interested_message(&self.gossiped));
+        }
         let event = links::bitfield_event(id, layout, theirs, &bitfield);
         if event.is_none() {
             tracing::warn!(peer = %conn.remote, "peer chunks this blob differently; not using it");

@@ -83,6 +83,8 @@ pub(super) enum LinkUpdate {
     },
     /// The peer has one more chunk.
     Have { peer: NodeId, chunk: u32 },
+    /// The peer's linked downloaders (`Message::Interested`).
+    Interested { peer: NodeId, nodes: Vec<NodeId> },
     /// The link broke (the peer went away, or sent garbage).
     Closed { peer: NodeId },
 }
@@ -109,6 +111,12 @@ pub(super) fn spawn_reader(
                 },
                 Ok(Some(Message::Have { digest: d, chunk })) if d == digest => {
                     LinkUpdate::Have { peer, chunk }
+                }
+                Ok(Some(Message::Interested { digest: d, nodes })) if d == digest => {
+                    LinkUpdate::Interested {
+                        peer,
+                        nodes: nodes.into_iter().map(NodeId).collect(),
+                    }
                 }
                 Ok(None) => return,
                 Ok(Some(other)) => {

@@ -80,6 +80,14 @@ async fn cold_start_four_nodes_fetch_the_blob_from_the_origin_about_once() {
         from_peers >= 2.9 * SIZE as f64,
         "nodes should have exchanged chunks, got {from_peers} bytes from peers"
     );
+    // Each node told the others whom it is linked to (the origin assignment's view).
+    for n in 0..4 {
+        let lists = swarm.nodes[n]
+            .shoald
+            .metric("shoal_interested_lists_total")
+            .await;
+        assert!(lists >= 1.0, "node {n} heard {lists} interested lists");
+    }
 }
 
 /// A 3-node swarm: two nodes pull at once from the one that has the blob, origin down.

@@ -73,7 +73,38 @@ fn samples() -> Vec<Message> {
             total: 1 << 34,
             message: "origin unreachable".into(),
         },
+        Message::Interested {
+            digest: d(8),
+            nodes: vec![0, 1, u64::MAX, 0x0123_4567_89ab_cdef],
+        },
+        Message::Interested {
+            digest: d(9),
+            nodes: Vec::new(),
+        },
     ]
+}
+
+#[test]
+fn interested_lists_are_capped_both_ways() {
+    // The encoder sends at most MAX_INTERESTED ids...
+    let long = Message::Interested {
+        digest: d(1),
+        nodes: (0..MAX_INTERESTED as u64 + 5).collect(),
+    };
+    let (back, _) = Message::decode(&long.to_bytes()).unwrap().unwrap();
+    let Message::Interested { nodes, .. } = back else {
+        panic!("decoded {back:?}");
+    };
+    assert_eq!(nodes, (0..MAX_INTERESTED as u64).collect::<Vec<_>>());
+    // ...and the decoder refuses a frame that claims more.
+    let mut frame = vec![VERSION, 14];
+    frame.extend_from_slice(d(1).as_bytes());
+    frame.extend_from_slice(&(MAX_INTERESTED as u16 + 1).to_be_bytes());
+    frame.extend(std::iter::repeat_n(0u8, 8 * (MAX_INTERESTED + 1)));
+    assert!(matches!(
+        Message::decode_frame(&frame),
+        Err(DecodeError::Malformed(m)) if m.contains("interested nodes")
+    ));
 }
 
 #[test]
@@ -190,7 +221,7 @@ fn random_bytes_never_panic() {
             let l = (buf.len() - 4) as u32;
             buf[..4].copy_from_slice(&l.to_be_bytes());
             buf[4] = VERSION;
-            buf[5] = (next() % 10) as u8;
+            buf[5] = (next() % 16) as u8;
         }
         let _ = Message::decode(&buf);
     }

@@ -64,14 +64,12 @@ struct Args {
     /// Override the stream window, in chunks (exploration).
     #[arg(long)]
     stream_window: Option<u32>,
-    /// How often each node tells its links its own interested links (scheduler
-    /// `Event::Interested`; an experiment: the daemon does not send them yet). `0s`: off.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    gossip: Duration,
-    /// With --gossip: tell every node the full set of downloading nodes instead (the
-    /// upper bound a membership protocol could reach).
+    /// Override the scheduler's origin frontier, in chunks (exploration; 0: none).
     #[arg(long)]
-    gossip_global: bool,
+    origin_frontier: Option<u32>,
+    /// How nodes learn of downloaders beyond their own links.
+    #[arg(long, value_enum, default_value = "on")]
+    gossip: world::Gossip,
     /// Stop a run after this much simulated time.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     limit: Duration,
@@ -89,6 +87,9 @@ fn config(args: &Args) -> shoal_daemon::swarm::scheduler::Config {
     }
     if let Some(n) = args.stream_window {
         c.stream_window = n;
+    }
+    if let Some(n) = args.origin_frontier {
+        c.origin_frontier = n;
     }
     c
 }
@@ -146,8 +147,7 @@ fn main() -> Result<()> {
                 seed: args.seed,
                 config: config(&args),
                 limit: args.limit,
-                gossip: (!args.gossip.is_zero()).then_some(args.gossip),
-                gossip_global: args.gossip_global,
+                gossip: args.gossip,
             };
             let started = Instant::now();
             let out = world::run(&params);

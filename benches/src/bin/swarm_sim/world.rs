@@ -48,12 +48,8 @@ pub struct Params {
     pub config: Config,
     /// Give up after this much simulated time.
     pub limit: Duration,
-    /// Every this often, each node sends its links its own interested links
-    /// (`Event::Interested`: two hops of view).
-    pub gossip: Option<Duration>,
-    /// Instead, every node is told the full set of downloading nodes (through one of its
-    /// links): the upper bound any membership protocol could reach.
-    pub gossip_global: bool,
+    /// How nodes learn of downloaders beyond their links (`Event::Interested`).
+    pub gossip: Gossip,
 }
 
 /// What happened.
@@ -65,6 +61,19 @@ pub struct Outcome {
     pub peer_bytes: u64,
     /// Scheduler calls made (a measure of the simulation's work).
     pub scheduler_calls: u64,
+}
+
+/// How the interested set spreads (`--gossip`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Gossip {
+    /// As the daemon does: after scheduling, a node whose linked downloaders changed
+    /// tells its links (`Message::Interested`): two hops of view.
+    On,
+    /// Each node knows only its own links.
+    Off,
+    /// Every second, every node is told the full set of downloading nodes: the upper
+    /// bound any membership protocol could reach.
+    Global,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +103,8 @@ struct Node {
     finished_at: Option<f64>,
     peer_in_flight: usize,
     waiting: VecDeque<(usize, usize, u32)>,
+    /// Per layer, the linked downloaders last told to the links.
+    gossiped: Vec<Vec<NodeId>>,
 }
 
 fn slot_of(e: Endpoint, total_nodes: usize) -> usize {
@@ -250,6 +261,7 @@ pub fn run(p: &Params) -> Outcome {
             finished_at: None,
             peer_in_flight: 0,
             waiting: VecDeque::new(),
+            gossiped: vec![Vec::new(); layouts.len()],
         })
         .collect();
 
@@ -322,6 +334,21 @@ pub fn run(p: &Params) -> Outcome {
                 };
                 out.scheduler_calls += 1;
                 let actions = s.handle_batch(now, events);
+                if p.gossip == Gossip::On {
+                    let list = s.linked_interested(now);
+                    if list != nodes[i].gossiped[b] {
+                        let at = ((t + lat) * 1e9) as u64;
+                        for &l in &nodes[i].links {
+                            seq += 1;
+                            let event = Event::Interested {
+                                from: nodes[i].id,
+                                nodes: list.clone(),
+                            };
+                            delayed.insert((at, seq), (l, b, event));
+                        }
+                        nodes[i].gossiped[b] = list;
+                    }
+                }
                 for a in actions {
                     match a {
                         Action::Request { source, chunk } => {
@@ -406,41 +433,22 @@ pub fn run(p: &Params) -> Outcome {
             }
         }
 
-        if let Some(every) = p.gossip {
-            if t >= next_gossip {
-                next_gossip += every.as_secs_f64();
-                // Each node tells its links its own interested links (right after its
-                // first scheduling, then every `every`); or, as an upper bound, every
-                // node hears the full set.
-                for b in 0..layouts.len() {
-                    let global: Vec<NodeId> =
-                        nodes.iter().filter(|n| !n.done[b]).map(|n| n.id).collect();
-                    for (i, node) in nodes.iter().enumerate() {
-                        let Some(s) = node.scheds[b].as_ref().filter(|_| !node.done[b]) else {
-                            continue;
-                        };
-                        let at = ((t + lat) * 1e9) as u64;
-                        if p.gossip_global {
-                            if let Some(&l) = node.links.first() {
-                                seq += 1;
-                                let event = Event::Interested {
-                                    from: nodes[l].id,
-                                    nodes: global.clone(),
-                                };
-                                delayed.insert((at, seq), (i, b, event));
-                            }
-                            continue;
-                        }
-                        let list = s.linked_interested(now);
-                        for &l in &node.links {
-                            seq += 1;
-                            let event = Event::Interested {
-                                from: node.id,
-                                nodes: list.clone(),
-                            };
-                            delayed.insert((at, seq), (l, b, event));
-                        }
-                    }
+        if p.gossip == Gossip::Global && t >= next_gossip {
+            next_gossip += 1.0;
+            for b in 0..layouts.len() {
+                let global: Vec<NodeId> =
+                    nodes.iter().filter(|n| !n.done[b]).map(|n| n.id).collect();
+                for (i, node) in nodes.iter().enumerate() {
+                    let Some(&l) = node.links.first().filter(|_| !node.done[b]) else {
+                        continue;
+                    };
+                    seq += 1;
+                    let at = ((t + lat) * 1e9) as u64;
+                    let event = Event::Interested {
+                        from: nodes[l].id,
+                        nodes: global.clone(),
+                    };
+                    delayed.insert((at, seq), (i, b, event));
                 }
             }
         }

@@ -488,8 +488,11 @@ fn gossiped_interested_nodes_take_part_in_the_origin_assignment() {
                 from: c,
                 nodes: vec![a, b, c],
             });
+            return requests(&s.handle_batch(ms(0), events));
         }
-        requests(&s.handle_batch(ms(0), events))
+        // Without c's list, the origin waits for it, then goes ahead on the own view.
+        assert!(requests(&s.handle_batch(ms(0), events)).is_empty());
+        requests(&s.handle(cfg.membership_wait, Event::Tick))
     };
     // Without the gossip, a and b each think they share the chunks with c alone.
     let (ra, rb) = (origin_requests(a, false), origin_requests(b, false));
@@ -510,6 +513,107 @@ fn gossiped_interested_nodes_take_part_in_the_origin_assignment() {
     );
     assert_eq!(s.linked_interested(ms(0)), vec![a]);
     assert_eq!(s.live_interested(ms(0)), vec![a]);
+}
+
+#[test]
+fn first_origin_request_waits_for_the_linked_downloaders_lists() {
+    let (me, p, q) = (NodeId(1), NodeId(2), NodeId(3));
+    let cfg = Config {
+        membership_wait: ms(1000),
+        ..Config::default()
+    };
+    let downloading = |peer| Event::PeerBitfield {
+        peer,
+        chunks: vec![false; 8],
+        downloading: true,
+    };
+    let listed = |from, nodes| Event::Interested { from, nodes };
+    let mut s = Scheduler::new(me, layout(8), false, cfg.clone());
+    assert!(requests(&s.handle_batch(ms(0), [downloading(p), downloading(q)])).is_empty());
+    // One list of two is not enough...
+    assert!(requests(&s.handle(ms(10), listed(p, vec![me, p]))).is_empty());
+    // ...both are: the origin request goes out at once, for a chunk this node owns.
+    let sent = requests(&s.handle(ms(20), listed(q, vec![me, q])));
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, Source::Origin);
+    assert_eq!(rendezvous_owner(&[me, p, q], sent[0].1), me);
+
+    // A peer that never sends its list (an older node) delays the origin by the wait only.
+    let mut s = Scheduler::new(me, layout(8), false, cfg.clone());
+    assert!(requests(&s.handle_batch(ms(0), [downloading(p)])).is_empty());
+    assert!(requests(&s.handle(ms(999), Event::Tick)).is_empty());
+    assert_eq!(requests(&s.handle(ms(1000), Event::Tick)).len(), 1);
+
+    // Alone, or with only seeds linked, nothing waits.
+    let mut s = Scheduler::new(me, layout(8), false, cfg);
+    assert!(!requests(&s.handle_batch(ms(0), [])).is_empty());
+}
+
+#[test]
+fn cold_start_origin_fetches_stay_near_the_frontier() {
+    // 32 chunks, two downloaders that know each other; this node owns about half.
+    let (me, p) = (NodeId(1), NodeId(2));
+    let chunks = 32u32;
+    let cfg = Config {
+        origin_frontier: 4,
+        shared_origin_requests: chunks as usize,
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(me, layout(chunks), false, cfg);
+    let first = s.handle_batch(
+        ms(0),
+        [
+            Event::PeerBitfield {
+                peer: p,
+                chunks: vec![false; chunks as usize],
+                downloading: true,
+            },
+            Event::Interested {
+                from: p,
+                nodes: vec![me, p],
+            },
+        ],
+    );
+    let mine = |c: u32| rendezvous_owner(&[me, p], c) == me;
+    let origin = |acts: &[Action]| -> Vec<u32> {
+        requests(acts)
+            .into_iter()
+            .filter(|(src, _)| *src == Source::Origin)
+            .map(|(_, c)| c)
+            .collect()
+    };
+    let sent = origin(&first);
+    assert_eq!(sent, (0..4).filter(|&c| mine(c)).collect::<Vec<_>>());
+    // The peer announces the chunks it owns below 12: the frontier moves past them and
+    // past ours once they arrive, so the next owned chunks become fetchable.
+    let mut later = Vec::new();
+    for c in (0..12).filter(|&c| !mine(c)) {
+        later.extend(origin(
+            &s.handle(ms(10), Event::PeerHave { peer: p, chunk: c }),
+        ));
+    }
+    for c in sent {
+        let acts = s.handle(
+            ms(20),
+            Event::ChunkArrived {
+                source: Source::Origin,
+                chunk: c,
+                valid: true,
+            },
+        );
+        later.extend(origin(&acts));
+    }
+    assert!(later.iter().all(|&c| mine(c) && c >= 4), "{later:?}");
+    // The lowest chunk neither here nor announced by the peer.
+    let peer_has = |c: u32| c < 12 && !mine(c);
+    let frontier = (0..chunks)
+        .find(|&c| !s.has_chunk(c) && !peer_has(c))
+        .unwrap();
+    assert!(
+        later.iter().all(|&c| c < frontier + 4),
+        "{later:?} past {frontier}+4"
+    );
+    assert!(!later.is_empty());
 }
 
 /// A tiny discrete-event world: N schedulers, an origin, fixed transfer delays.
