@@ -16,7 +16,8 @@
 //!   number of local readers follow. Without peers it streams from the origin
 //!   (`swarm/fetch.rs`); with them `swarm/driver.rs` runs the sans-IO
 //!   [`swarm::scheduler`] over peer links (`swarm/links.rs`) and ranged origin GETs,
-//!   and `swarm/partial.rs` lets peers read the chunks a running download already has.
+//!   with one writer thread per download (`swarm/writer.rs`); `swarm/partial.rs` lets
+//!   peers read the chunks a running download already has.
 //! - [`upstream`]: the origin registry client (auth, token flow, redirects, retries).
 //! - [`net`]: peer networking: node identity, libp2p discovery ([`net::discovery`]:
 //!   Kademlia, identify, mDNS), the authenticated QUIC chunk-transfer endpoint

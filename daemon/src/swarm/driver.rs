@@ -8,7 +8,8 @@
 //! 4. Size the blob from a peer's layout (or a HEAD at the origin), get the chunk index
 //!    from a complete peer, open the staging file and run the scheduler: chunk requests
 //!    to peers and ranged GETs to the origin, each written (and checked against the
-//!    index) by one writer thread, which also advances the in-order readable prefix.
+//!    index) by one writer thread (`writer.rs`), which also advances the in-order
+//!    readable prefix.
 //! 5. Commit: the store checks the sha256. A blob that fails it after taking unverified
 //!    chunks from peers is reported as [`DownloadError::CorruptFromPeers`]; the caller
 //!    aborts local readers and fetches it again from the origin alone.
@@ -17,17 +18,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::HeaderValue;
 use shoal_proto::wire::Message;
-use shoal_proto::{ChunkHash, ChunkIndex, ChunkLayout, Digest};
-use tokio::sync::{mpsc, oneshot, watch};
+use shoal_proto::{ChunkIndex, ChunkLayout, Digest};
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tracing::Instrument as _;
 
 use super::links::{self, LinkUpdate};
 use super::partial::{PartialBlob, Partials};
 use super::scheduler::{self, Action, Event, NodeId, Scheduler, Source};
+use super::writer::{spawn_writer, write, Fetched, WriteJob};
 use super::{Context, DownloadError, Progress};
 use crate::net::discovery::Discovery;
 use crate::net::transfer::{PeerConnection, PeerLink, Transfer};
@@ -88,14 +89,6 @@ pub(crate) struct PeerSwarm {
     pub(crate) peer_requests: Arc<tokio::sync::Semaphore>,
 }
 
-/// How one chunk fetch ended.
-enum Fetched {
-    Written,
-    Invalid,
-    Failed(String),
-    Store(StoreError),
-}
-
 enum Input {
     /// A new link with a connection usable for requests.
     Linked(Arc<PeerConnection>, PeerLink),
@@ -104,13 +97,6 @@ enum Input {
         chunk: u32,
         outcome: Fetched,
     },
-}
-
-struct WriteJob {
-    chunk: u32,
-    bytes: Bytes,
-    expected: Option<ChunkHash>,
-    done: oneshot::Sender<Result<(), StoreError>>,
 }
 
 struct Peer {
@@ -612,57 +598,4 @@ impl Run {
             other => other,
         }
     }
-}
-
-async fn write(
-    writes: &mpsc::Sender<WriteJob>,
-    chunk: u32,
-    bytes: Bytes,
-    expected: Option<ChunkHash>,
-) -> Fetched {
-    let (done, result) = oneshot::channel();
-    let job = WriteJob {
-        chunk,
-        bytes,
-        expected,
-        done,
-    };
-    if writes.send(job).await.is_err() {
-        return Fetched::Failed("download finished".into());
-    }
-    match result.await {
-        Ok(Ok(())) => Fetched::Written,
-        Ok(Err(StoreError::ChunkMismatch { .. })) => Fetched::Invalid,
-        Ok(Err(e)) => Fetched::Store(e),
-        Err(_) => Fetched::Failed("writer stopped".into()),
-    }
-}
-
-/// One thread writes (and hashes) every chunk, in arrival order.
-fn spawn_writer(
-    mut ingest: Ingest,
-    partial: Arc<PartialBlob>,
-    tx: Arc<watch::Sender<Progress>>,
-) -> (
-    mpsc::Sender<WriteJob>,
-    tokio::task::JoinHandle<Result<Ingest, DownloadError>>,
-) {
-    let (jobs, mut rx) = mpsc::channel::<WriteJob>(16);
-    let handle = tokio::task::spawn_blocking(move || {
-        while let Some(job) = rx.blocking_recv() {
-            let result = ingest.write_chunk(job.chunk, &job.bytes, job.expected.as_ref());
-            match &result {
-                Ok(()) => {
-                    partial.set_present(job.chunk);
-                    let available = ingest.offset();
-                    tx.send_modify(|p| p.available = available);
-                }
-                Err(e) if e.is_out_of_space() => ingest.discard(),
-                Err(_) => {}
-            }
-            let _ = job.done.send(result);
-        }
-        Ok(ingest)
-    });
-    (jobs, handle)
 }

@@ -18,6 +18,7 @@ mod offline;
 mod partial;
 mod reader;
 pub mod scheduler;
+mod writer;
 
 use std::collections::HashMap;
 use std::fs::File;
