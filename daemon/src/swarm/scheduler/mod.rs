@@ -272,6 +272,10 @@ pub struct Scheduler {
     seed_owners: Ownership,
     /// Each linked peer's interested links (gossip), and when it sent them.
     heard_interested: HashMap<NodeId, (Vec<NodeId>, Duration)>,
+    /// [`Scheduler::live_interested`] and the time until which it holds: merging up to
+    /// 32 gossiped lists per batch was most of a 1000-node simulation's time. Cleared
+    /// by every event that can change the set; time alone only shrinks it.
+    interested_cache: Option<(Vec<NodeId>, Duration)>,
     /// Last time a chunk arrived (or the download started): the stall safety net.
     last_progress: Option<Duration>,
     /// Time of the first event.
@@ -304,6 +308,7 @@ impl Scheduler {
             origin_owners: Ownership::default(),
             seed_owners: Ownership::default(),
             heard_interested: HashMap::new(),
+            interested_cache: None,
             actions: Vec::new(),
         }
     }
@@ -385,16 +390,23 @@ impl Scheduler {
                     st.chunks = chunks;
                     st.downloading = downloading;
                     st.last_heard = now;
+                    self.interested_cache = None;
                 }
             }
             Event::PeerHave { peer, chunk } => {
+                let grace = self.config.assignment_grace;
                 if let Some(st) = self.peers.get_mut(&peer) {
                     if let Some(c) = st.chunks.get_mut(chunk as usize) {
                         *c = true;
                     }
+                    let was = (st.downloading, now.saturating_sub(st.last_heard) >= grace);
                     st.last_heard = now;
                     if st.chunks.iter().all(|&c| c) {
                         st.downloading = false;
+                    }
+                    // Back from silence, or done: the set changes.
+                    if was.1 || was.0 != st.downloading {
+                        self.interested_cache = None;
                     }
                 }
             }
@@ -425,6 +437,7 @@ impl Scheduler {
                 if self.peers.contains_key(&from) {
                     nodes.truncate(MAX_HEARD_INTERESTED);
                     self.heard_interested.insert(from, (nodes, now));
+                    self.interested_cache = None;
                 }
             }
             Event::Tick => {}
@@ -452,6 +465,7 @@ impl Scheduler {
     fn drop_peer(&mut self, peer: NodeId) {
         self.peers.remove(&peer);
         self.heard_interested.remove(&peer);
+        self.interested_cache = None;
         let chunks: Vec<u32> = self
             .in_flight
             .iter()
@@ -498,6 +512,9 @@ impl Scheduler {
                     } else {
                         rate
                     };
+                    if now.saturating_sub(st.last_heard) >= self.config.assignment_grace {
+                        self.interested_cache = None;
+                    }
                     st.last_heard = now;
                 }
             }
@@ -583,6 +600,37 @@ impl Scheduler {
         self.banned.retain(|_, until| *until > now);
     }
 
+    /// [`Scheduler::live_interested`], recomputed only when an event or the passing of
+    /// a grace period may have changed it.
+    fn cached_interested(&mut self, now: Duration) -> Vec<NodeId> {
+        if let Some((set, until)) = &self.interested_cache {
+            if now < *until {
+                debug_assert_eq!(*set, self.live_interested(now));
+                return set.clone();
+            }
+        }
+        let set = self.live_interested(now);
+        let grace = self.config.assignment_grace;
+        let peer_expiry = self
+            .peers
+            .values()
+            .filter(|st| st.downloading && now.saturating_sub(st.last_heard) < grace)
+            .map(|st| st.last_heard + grace);
+        let list_expiry = self
+            .heard_interested
+            .iter()
+            .filter(|(from, (_, heard))| {
+                now.saturating_sub(*heard) < grace && self.peers.contains_key(from)
+            })
+            .map(|(_, (_, heard))| *heard + grace);
+        let until = peer_expiry
+            .chain(list_expiry)
+            .min()
+            .unwrap_or(Duration::MAX);
+        self.interested_cache = Some((set.clone(), until));
+        set
+    }
+
     /// The live interested nodes (this one included), sorted.
     fn live_interested(&self, now: Duration) -> Vec<NodeId> {
         let grace = self.config.assignment_grace;
@@ -632,8 +680,7 @@ impl Scheduler {
         if missing.is_empty() {
             return;
         }
-        // Computed once per batch: with gossip each is a merge of up to 32 peers' lists.
-        let interested = self.live_interested(now);
+        let interested = self.cached_interested(now);
         if !self.origin_only {
             self.schedule_peers(now, &missing, interested.len() > 1);
         }
