@@ -208,7 +208,8 @@ impl Run {
             layout,
             index.is_some(),
             self.swarm.config.clone(),
-        );
+        )
+        .with_salt(scheduler::salt_of(&digest));
         for chunk in ingest.present_chunks() {
             sched.mark_present(chunk);
             self.partial.set_present(chunk);

@@ -61,6 +61,12 @@ struct Args {
     /// Override the node-wide cap on peer requests in flight (exploration).
     #[arg(long)]
     peer_cap: Option<usize>,
+    /// Chunk uploads a node serves at once (the daemon's `--max-uploads`).
+    #[arg(long, default_value = "8")]
+    upload_slots: usize,
+    /// How long a chunk request waits for an upload slot before the uploader refuses it.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    upload_queue_wait: Duration,
     /// Override the stream window, in chunks (exploration).
     #[arg(long)]
     stream_window: Option<u32>,
@@ -70,6 +76,9 @@ struct Args {
     /// How nodes learn of downloaders beyond their own links.
     #[arg(long, value_enum, default_value = "on")]
     gossip: world::Gossip,
+    /// Print the swarm's state to stderr every this many simulated seconds.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    trace: Option<Duration>,
     /// Stop a run after this much simulated time.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     limit: Duration,
@@ -140,14 +149,15 @@ fn main() -> Result<()> {
                 peer_cap: args
                     .peer_cap
                     .unwrap_or(shoal_daemon::swarm::MAX_PEER_REQUESTS),
-                upload_slots: 8,
-                upload_queue_wait: Duration::from_secs(5),
+                upload_slots: args.upload_slots.max(1),
+                upload_queue_wait: args.upload_queue_wait,
                 step: args.step,
                 settle: Duration::from_millis(500),
                 seed: args.seed,
                 config: config(&args),
                 limit: args.limit,
                 gossip: args.gossip,
+                trace: args.trace.map(|d| d.as_secs_f64()),
             };
             let started = Instant::now();
             let out = world::run(&params);

@@ -50,6 +50,8 @@ pub struct Params {
     pub limit: Duration,
     /// How nodes learn of downloaders beyond their links (`Event::Interested`).
     pub gossip: Gossip,
+    /// Print a line of the swarm's state to stderr this often (simulated seconds).
+    pub trace: Option<f64>,
 }
 
 /// What happened.
@@ -251,9 +253,12 @@ pub fn run(p: &Params) -> Outcome {
             links: std::mem::take(&mut adjacency[i]),
             scheds: layouts
                 .iter()
-                .map(|l| {
-                    (Some(i) != seed_node)
-                        .then(|| Scheduler::new(ids[i], *l, false, p.config.clone()))
+                .enumerate()
+                .map(|(layer, l)| {
+                    (Some(i) != seed_node).then(|| {
+                        Scheduler::new(ids[i], *l, false, p.config.clone())
+                            .with_salt(layer_salt(p.seed, layer))
+                    })
                 })
                 .collect(),
             inbox: vec![Vec::new(); layouts.len()],
@@ -310,6 +315,7 @@ pub fn run(p: &Params) -> Outcome {
     let mut up_share = vec![0.0; total_nodes + 1];
     let mut down_share = vec![0.0; total_nodes];
     let slot = |e: Endpoint| slot_of(e, total_nodes);
+    let mut next_trace = t;
 
     while t < p.limit.as_secs_f64() && nodes[..p.nodes].iter().any(|n| n.finished_at.is_none()) {
         // 1. Schedulers with news act on it.
@@ -452,6 +458,10 @@ pub fn run(p: &Params) -> Outcome {
                 }
             }
         }
+        if let Some(every) = p.trace.filter(|_| t >= next_trace) {
+            next_trace += every;
+            trace_line(t, &nodes[..p.nodes], &flows, &out, &layouts);
+        }
         // 2. Senders admit waiting requests to free upload slots; refuse the stale ones.
         let mut busy = vec![0usize; total_nodes];
         for f in flows.iter().filter(|f| f.admitted) {
@@ -562,4 +572,62 @@ pub fn run(p: &Params) -> Outcome {
         }
     }
     out
+}
+
+/// A layer's rendezvous salt (the daemon uses the digest's first bytes).
+fn layer_salt(seed: u64, layer: usize) -> u64 {
+    (seed ^ 0x5EED).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ layer as u64
+}
+
+/// One line of `--trace`: how far the swarm is and where its requests are.
+fn trace_line(t: f64, nodes: &[Node], flows: &[Flow], out: &Outcome, layouts: &[ChunkLayout]) {
+    let model: u64 = layouts.iter().map(|l| l.size).sum();
+    let chunks: usize = layouts.iter().map(|l| l.count() as usize).sum();
+    let held: usize = nodes
+        .iter()
+        .map(|n| {
+            n.scheds
+                .iter()
+                .zip(&n.done)
+                .zip(layouts)
+                .map(|((s, done), l)| match s {
+                    Some(s) if !done => s.present() as usize,
+                    _ => l.count() as usize,
+                })
+                .sum::<usize>()
+        })
+        .sum();
+    let origin_flows = flows.iter().filter(|f| f.src == Endpoint::Origin).count();
+    let mut origin_receivers: Vec<usize> = flows
+        .iter()
+        .filter(|f| f.src == Endpoint::Origin)
+        .map(|f| f.dst)
+        .collect();
+    origin_receivers.sort_unstable();
+    origin_receivers.dedup();
+    let peer_active = flows
+        .iter()
+        .filter(|f| f.src != Endpoint::Origin && f.admitted)
+        .count();
+    let peer_queued = flows
+        .iter()
+        .filter(|f| f.src != Endpoint::Origin && !f.admitted)
+        .count();
+    let idle = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| n.finished_at.is_none() && !flows.iter().any(|f| f.dst == *i))
+        .count();
+    eprintln!(
+        "t {t:7.1}  done {:4}/{}  held {:5.1}%  origin {:6.3}x  origin flows {:4} (to {:4} nodes)  peer flows {:5} + {:5} queued  idle nodes {:4}",
+        nodes.iter().filter(|n| n.finished_at.is_some()).count(),
+        nodes.len(),
+        100.0 * held as f64 / (chunks * nodes.len()).max(1) as f64,
+        out.origin_bytes as f64 / model.max(1) as f64,
+        origin_flows,
+        origin_receivers.len(),
+        peer_active,
+        peer_queued,
+        idle,
+    );
 }

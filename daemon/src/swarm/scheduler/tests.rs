@@ -516,6 +516,83 @@ fn gossiped_interested_nodes_take_part_in_the_origin_assignment() {
 }
 
 #[test]
+fn salted_blobs_have_different_owners_and_agree_per_blob() {
+    let (a, b) = (NodeId(11), NodeId(22));
+    let chunks = 64u32;
+    let cfg = Config {
+        shared_origin_requests: chunks as usize,
+        ..Config::default()
+    };
+    let owned = |me: NodeId, peer: NodeId, salt: u64| -> Vec<u32> {
+        let mut s = Scheduler::new(me, layout(chunks), false, cfg.clone()).with_salt(salt);
+        let events = [
+            Event::PeerBitfield {
+                peer,
+                chunks: vec![false; chunks as usize],
+                downloading: true,
+            },
+            Event::Interested {
+                from: peer,
+                nodes: vec![a, b],
+            },
+        ];
+        requests(&s.handle_batch(ms(0), events))
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect()
+    };
+    // Two layers of one model: a node's chunks differ between them...
+    let (first, second) = (owned(a, b, 1), owned(a, b, 2));
+    assert!(!first.is_empty() && !second.is_empty());
+    assert_ne!(first, second);
+    // ...and for each, the two nodes split the chunks without overlap or gap.
+    for salt in [1, 2] {
+        let mut both = owned(a, b, salt);
+        let theirs = owned(b, a, salt);
+        assert!(both.iter().all(|c| !theirs.contains(c)), "owned twice");
+        both.extend(theirs);
+        both.sort_unstable();
+        assert_eq!(both, (0..chunks).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn a_gossiped_list_lasts_while_its_sender_is_heard_from() {
+    let (me, c, far) = (NodeId(1), NodeId(2), NodeId(3));
+    let cfg = Config {
+        assignment_grace: ms(1000),
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(me, layout(8), false, cfg);
+    s.handle_batch(
+        ms(0),
+        [
+            Event::PeerBitfield {
+                peer: c,
+                chunks: vec![false; 8],
+                downloading: true,
+            },
+            Event::Interested {
+                from: c,
+                nodes: vec![c, far],
+            },
+        ],
+    );
+    // Lists are sent on change only: c's list still counts long after it was sent, as
+    // long as c itself is heard from.
+    for (t, chunk) in [(800, 0), (1600, 1), (2400, 2)] {
+        s.handle(ms(t), Event::PeerHave { peer: c, chunk });
+        assert_eq!(
+            s.cached_interested(ms(t + 100)),
+            vec![me, c, far],
+            "at {t} ms"
+        );
+    }
+    // c falls silent: its list lapses with it.
+    assert_eq!(s.cached_interested(ms(3400)), vec![me]);
+}
+
+#[test]
 fn first_origin_request_waits_for_the_linked_downloaders_lists() {
     let (me, p, q) = (NodeId(1), NodeId(2), NodeId(3));
     let cfg = Config {
@@ -536,7 +613,7 @@ fn first_origin_request_waits_for_the_linked_downloaders_lists() {
     let sent = requests(&s.handle(ms(20), listed(q, vec![me, q])));
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].0, Source::Origin);
-    assert_eq!(rendezvous_owner(&[me, p, q], sent[0].1), me);
+    assert_eq!(rendezvous_owner(&[me, p, q], sent[0].1, 0), me);
 
     // A peer that never sends its list (an older node) delays the origin by the wait only.
     let mut s = Scheduler::new(me, layout(8), false, cfg.clone());
@@ -574,7 +651,7 @@ fn cold_start_origin_fetches_stay_near_the_frontier() {
             },
         ],
     );
-    let mine = |c: u32| rendezvous_owner(&[me, p], c) == me;
+    let mine = |c: u32| rendezvous_owner(&[me, p], c, 0) == me;
     let origin = |acts: &[Action]| -> Vec<u32> {
         requests(acts)
             .into_iter()
