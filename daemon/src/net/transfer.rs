@@ -40,7 +40,11 @@ const CLOSE_PROTOCOL: u32 = 0x5350;
 const UPLOAD_PIECE: u64 = 256 * 1024;
 
 /// How long a chunk request may wait for an upload slot before it is refused `Busy`.
-const UPLOAD_QUEUE_WAIT: Duration = Duration::from_secs(5);
+/// Short: a request queued here holds one of the requester's slots and keeps its chunk
+/// "in flight", so no idle peer that has the chunk is asked for it. Simulated cold
+/// starts (benches/RESULTS.md) went from 1.74x to 1.41x T_limit at 33 nodes and from
+/// 2.19x to 1.49x at 100 when 5 s became 200 ms; 500 ms was in between.
+const UPLOAD_QUEUE_WAIT: Duration = Duration::from_millis(200);
 
 /// How long a new connection may take to present its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

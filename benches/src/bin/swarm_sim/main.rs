@@ -64,8 +64,9 @@ struct Args {
     /// Chunk uploads a node serves at once (the daemon's `--max-uploads`).
     #[arg(long, default_value = "8")]
     upload_slots: usize,
-    /// How long a chunk request waits for an upload slot before the uploader refuses it.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    /// How long a chunk request waits for an upload slot before the uploader refuses it
+    /// (the daemon's `UPLOAD_QUEUE_WAIT`).
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     upload_queue_wait: Duration,
     /// Override the stream window, in chunks (exploration).
     #[arg(long)]
