@@ -593,6 +593,42 @@ fn a_gossiped_list_lasts_while_its_sender_is_heard_from() {
 }
 
 #[test]
+fn only_peers_complete_from_the_start_are_shared_seeds() {
+    let (me, p, q) = (NodeId(1), NodeId(2), NodeId(3));
+    let chunks = 16u32;
+    let mine = |c: u32| rendezvous_owner(&[me, p], c, 0) == me;
+    // q is complete: from the start (a seed), or after downloading alongside.
+    let asked_of_q = |seed_from_start: bool| -> Vec<u32> {
+        let mut s = Scheduler::new(me, layout(chunks), false, Config::default());
+        let bitfield = |peer, complete: bool| Event::PeerBitfield {
+            peer,
+            chunks: vec![complete; chunks as usize],
+            downloading: !complete,
+        };
+        let mut acts = s.handle_batch(ms(0), [bitfield(p, false), bitfield(q, seed_from_start)]);
+        if !seed_from_start {
+            // Its completion arrives at once (a fresh have-map), so nothing was asked
+            // of it while it was downloading.
+            acts.extend(s.handle(ms(10), bitfield(q, true)));
+        }
+        acts.extend(s.handle(ms(20), Event::Tick));
+        requests(&acts)
+            .into_iter()
+            .filter(|(src, _)| *src == Source::Peer(q))
+            .map(|(_, c)| c)
+            .collect()
+    };
+    // A seed's chunks go to their owner among the linked downloaders (me or p).
+    let from_seed = asked_of_q(true);
+    assert!(!from_seed.is_empty());
+    assert!(from_seed.iter().all(|&c| mine(c)), "{from_seed:?}");
+    // A co-downloader that finished is asked directly, owner or not: the owner may not
+    // be linked to it.
+    let from_finished = asked_of_q(false);
+    assert!(from_finished.iter().any(|&c| !mine(c)), "{from_finished:?}");
+}
+
+#[test]
 fn first_origin_request_waits_for_the_linked_downloaders_lists() {
     let (me, p, q) = (NodeId(1), NodeId(2), NodeId(3));
     let cfg = Config {
