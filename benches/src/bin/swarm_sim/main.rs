@@ -10,7 +10,9 @@
 //! `warm`: one extra node holds it and the N others start at once) it reports per-node
 //! completion (min, median, max), T_limit = model size / link rate, max/T_limit, and
 //! origin egress as a multiple of the model size. The network model and what it leaves
-//! out are described in `world.rs`.
+//! out are described in `world.rs`. `--trace 5s` prints the swarm's state every 5
+//! simulated seconds to stderr (chunks held, origin flows and their receivers, peer
+//! flows active and waiting for an upload slot, idle nodes): where a slow run loses time.
 
 mod world;
 
