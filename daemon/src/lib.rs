@@ -21,7 +21,7 @@
 //! - [`upstream`]: the origin registry client (auth, token flow, redirects, retries).
 //! - [`net`]: peer networking: node identity, libp2p discovery ([`net::discovery`]:
 //!   Kademlia, identify, mDNS), the authenticated QUIC chunk-transfer endpoint
-//!   ([`net::transfer`]) and bandwidth limits ([`net::rate`]).
+//!   ([`net::transfer`], its TLS in [`net::tls`]) and bandwidth limits ([`net::rate`]).
 //! - [`control`]: the control API the `shoal` CLI drives (unix socket, optional TCP):
 //!   status, listings, pin, preheat (here and on peers), GC, import. Model-wide work
 //!   walks a reference through this node's own mirror (`control/walk.rs`).

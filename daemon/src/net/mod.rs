@@ -6,6 +6,7 @@
 //!   connection is mutually TLS-authenticated by PeerId (libp2p-tls certificates) and
 //!   then by a proof of the cluster secret bound to the TLS session; the messages are
 //!   [`shoal_proto::wire`].
+//! - [`tls`]: that endpoint's rustls configs (libp2p-tls certificates, AES-GCM first).
 //!
 //! - [`discovery`]: libp2p (Kademlia, identify, mDNS) to find which nodes hold or want
 //!   a blob and where their transfer endpoints are.
@@ -13,6 +14,7 @@
 pub mod discovery;
 pub mod identity;
 pub mod rate;
+pub mod tls;
 pub mod transfer;
 
 /// Networking failures.

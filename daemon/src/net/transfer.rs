@@ -196,8 +196,7 @@ impl Transfer {
         options: TransferOptions,
         store: Arc<Store>,
     ) -> Result<Arc<Transfer>, NetError> {
-        let tls =
-            libp2p_tls::make_server_config(&keypair).map_err(|e| NetError::Setup(e.to_string()))?;
+        let tls = super::tls::server_config(&keypair)?;
         let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(transport());
@@ -315,8 +314,7 @@ impl Transfer {
         expected: Option<PeerId>,
     ) -> Result<PeerConnection, NetError> {
         let fail = |message: String| NetError::Connect { addr, message };
-        let tls = libp2p_tls::make_client_config(&self.keypair, expected)
-            .map_err(|e| NetError::Setup(e.to_string()))?;
+        let tls = super::tls::client_config(&self.keypair, expected)?;
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(transport());
