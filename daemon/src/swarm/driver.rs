@@ -28,6 +28,7 @@ use tracing::Instrument as _;
 use super::links::{self, LinkUpdate};
 use super::partial::{PartialBlob, Partials};
 use super::scheduler::{self, Action, Event, NodeId, Scheduler, Source};
+use super::tuning::{origin_frontier, MAX_LINKED};
 use super::writer::{spawn_writer, write, Fetched, WriteJob};
 use super::{Context, DownloadError, Progress};
 use crate::net::discovery::Discovery;
@@ -40,44 +41,13 @@ use crate::upstream::Target;
 const SETTLE: Duration = Duration::from_millis(500);
 /// Blobs this small are not worth a settle delay: N copies from the origin cost less.
 const SETTLE_MIN_SIZE: u64 = 1 << 20;
-/// Peer chunk requests in flight at once across all downloads of this node. Each holds a
-/// chunk in memory until written, so this bounds memory (12 x 4 MiB).
-pub const MAX_PEER_REQUESTS: usize = 12;
 /// How often providers are looked up again during a download (new nodes, and nodes
 /// that started at the same moment, whose provider records were not out yet).
 const REDISCOVER: Duration = Duration::from_millis(1500);
 /// The first look again comes sooner: simultaneous starters matter most early.
 const FIRST_REDISCOVER: Duration = Duration::from_millis(400);
-/// Providers this node links to on its own initiative per download; peers that link
-/// to it are accepted beyond that (they are interested nodes of a cold start).
-pub const MAX_LINKED: usize = 32;
 /// Scheduler clock resolution (timeouts, grace periods).
 const TICK: Duration = Duration::from_millis(200);
-
-/// The scheduler's settings in the daemon. A dead peer's link closes within the QUIC
-/// idle timeout (8 s), which removes it from the interested set at once; the grace
-/// period is only for live peers that are slow to announce, and under a congested origin
-/// (tens of nodes sharing it) a chunk can take many seconds. Two origin requests per
-/// blob keep the origin link busy for a node downloading alone; with others downloading
-/// too, one (`shared_origin_requests`) keeps chunks from all finishing late at once,
-/// which would delay passing them on to peers.
-pub fn scheduler_config() -> scheduler::Config {
-    scheduler::Config {
-        assignment_grace: Duration::from_secs(30),
-        max_origin_requests: 2,
-        // One request per peer at a time: chunks shared by many requesters then finish
-        // one after another and are relayed early, instead of all arriving together late
-        // (simulated, 8 nodes: warm 1.81x -> 1.45x T_limit, cold 1.78x -> 1.44x with
-        // `shared_origin_requests` 1; emulated: benches/RESULTS.md).
-        max_requests_per_peer: 1,
-        // Simulated cold starts (benches/RESULTS.md), no frontier -> 8: 33 nodes 2.69x
-        // -> 2.21x T_limit, 100 nodes 2.91x -> 2.55x. With salted owners and 200 ms
-        // upload queues, 8 -> 4: 33 nodes 1.46-1.48x -> 1.41-1.42x, 8 nodes 1.28-1.29x
-        // -> 1.25-1.31x (three seeds each); fewer origin ranges at once arrive sooner.
-        origin_frontier: 4,
-        ..scheduler::Config::default()
-    }
-}
 
 /// The node's peer-to-peer side, shared by all downloads.
 pub(crate) struct PeerSwarm {
@@ -86,7 +56,7 @@ pub(crate) struct PeerSwarm {
     pub(crate) partials: Arc<Partials>,
     pub(crate) me: NodeId,
     pub(crate) config: scheduler::Config,
-    /// See [`MAX_PEER_REQUESTS`].
+    /// See [`super::tuning::MAX_PEER_REQUESTS`].
     pub(crate) peer_requests: Arc<tokio::sync::Semaphore>,
 }
 
@@ -204,13 +174,13 @@ impl Run {
         let resumed = ingest.offset();
         let file = Arc::new(ingest.staging_file()?);
         self.partial.set_layout(layout, file.clone());
-        let mut sched = Scheduler::new(
-            self.swarm.me,
-            layout,
-            index.is_some(),
-            self.swarm.config.clone(),
-        )
-        .with_salt(scheduler::salt_of(&digest));
+        // The blobs a client pulls together start within the settle of each other.
+        let config = scheduler::Config {
+            origin_frontier: origin_frontier(self.swarm.partials.count()),
+            ..self.swarm.config.clone()
+        };
+        let mut sched = Scheduler::new(self.swarm.me, layout, index.is_some(), config)
+            .with_salt(scheduler::salt_of(&digest));
         for chunk in ingest.present_chunks() {
             sched.mark_present(chunk);
             self.partial.set_present(chunk);

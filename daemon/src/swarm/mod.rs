@@ -9,7 +9,8 @@
 //! Without peer networking a download streams the blob from the origin
 //! (`fetch.rs`, resuming with `Range`). With it, `driver.rs` runs the sans-IO
 //! [`scheduler`] over peers found by [`crate::net::discovery`] and chunk-sized ranged
-//! GETs at the origin; `partial.rs` lets peers fetch the chunks a running download has.
+//! GETs at the origin; `partial.rs` lets peers fetch the chunks a running download has;
+//! `tuning.rs` holds the settings both the driver and the simulator use.
 
 mod driver;
 mod fetch;
@@ -18,6 +19,7 @@ mod offline;
 mod partial;
 mod reader;
 pub mod scheduler;
+mod tuning;
 mod writer;
 
 use std::collections::HashMap;
@@ -32,8 +34,8 @@ use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::upstream::{Target, Upstream, UpstreamError};
 
-pub use driver::{scheduler_config, MAX_LINKED, MAX_PEER_REQUESTS};
 pub use reader::{stream_range, BlobSource};
+pub use tuning::{origin_frontier, scheduler_config, MAX_LINKED, MAX_PEER_REQUESTS};
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
@@ -189,8 +191,8 @@ impl Downloads {
                 transfer: n.transfer,
                 discovery: n.discovery,
                 partials,
-                config: driver::scheduler_config(),
-                peer_requests: Arc::new(tokio::sync::Semaphore::new(driver::MAX_PEER_REQUESTS)),
+                config: tuning::scheduler_config(),
+                peer_requests: Arc::new(tokio::sync::Semaphore::new(tuning::MAX_PEER_REQUESTS)),
             })
         });
         Downloads {

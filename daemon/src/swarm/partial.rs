@@ -71,6 +71,11 @@ impl Partials {
     }
 
     /// Removes a download (finished or failed).
+    /// Swarm downloads running on this node.
+    pub(crate) fn count(&self) -> usize {
+        lock(&self.map).len()
+    }
+
     pub(crate) fn unregister(&self, digest: &Digest) {
         lock(&self.map).remove(digest);
     }

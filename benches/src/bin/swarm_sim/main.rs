@@ -100,9 +100,10 @@ fn config(args: &Args) -> shoal_daemon::swarm::scheduler::Config {
     if let Some(n) = args.stream_window {
         c.stream_window = n;
     }
-    if let Some(n) = args.origin_frontier {
-        c.origin_frontier = n;
-    }
+    // All layers start at once here, as the blobs of one pull do in the daemon.
+    c.origin_frontier = args
+        .origin_frontier
+        .unwrap_or_else(|| shoal_daemon::swarm::origin_frontier(args.layers));
     c
 }
 
