@@ -1,6 +1,8 @@
 //! Ingest micro-benchmark: the store's one-pass ingest (sha256 of the blob + BLAKE3 per
 //! chunk + write to the staging file) against sha256 alone, measured in the same run,
-//! for a sweep of chunk sizes. Prints a markdown table of medians and ratios.
+//! for a sweep of chunk sizes. Prints a markdown table of medians and ratios, then runs
+//! the same comparison under criterion (64 MiB, sampled, with confidence intervals and
+//! throughput; its reports go to the target directory's `criterion/ingest`).
 //!
 //! Run: `cargo bench -p shoal-benches --bench ingest` (env `SHOAL_BENCH_MIB`, default 512;
 //! `SHOAL_BENCH_DIR`, default /dev/shm).
@@ -8,12 +10,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use criterion::{BenchmarkId, Criterion, Throughput};
 use sha2::{Digest as _, Sha256};
 use shoal_daemon::store::Store;
 use shoal_proto::Digest;
 
 const PIECE: usize = 1 << 20; // what the network hands the writer at a time, roughly
 const RUNS: usize = 5;
+const CHUNK_SIZES_KIB: [u32; 4] = [256, 1024, 4096, 16384];
+/// The criterion pass's blob: 512 MiB per iteration would make its sampling take minutes.
+const CRITERION_MIB: usize = 64;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -92,7 +98,7 @@ fn main() {
         gbps(blake),
         blake.as_secs_f64() / sha.as_secs_f64()
     );
-    for chunk_kib in [256u32, 1024, 4096, 16384] {
+    for chunk_kib in CHUNK_SIZES_KIB {
         let dir = tempfile::tempdir_in(&bench_dir).expect("tempdir");
         let store = Arc::new(Store::open(dir.path(), chunk_kib * 1024, 0).expect("store"));
         // Hash + write to the staging file (page cache), then the verified commit.
@@ -124,5 +130,42 @@ fn main() {
             );
         }
     }
-    println!("\n{mib} MiB blob, {PIECE} B writes, median of {RUNS} runs after one warm-up, store in {bench_dir}.");
+    println!("\n{mib} MiB blob, {PIECE} B writes, median of {RUNS} runs after one warm-up, store in {bench_dir}.\n");
+    criterion_pass(
+        &data[..(CRITERION_MIB * PIECE).min(data.len())],
+        digest,
+        &bench_dir,
+    );
+}
+
+/// sha256 alone and the ingest at each chunk size in one criterion group, so the
+/// reference and the candidates are sampled in the same run.
+fn criterion_pass(data: &[u8], digest: Digest, bench_dir: &str) {
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(4))
+        .configure_from_args();
+    let mut group = c.benchmark_group("ingest");
+    group.throughput(Throughput::Bytes(data.len() as u64));
+    group.bench_function("sha256 alone", |b| {
+        b.iter(|| {
+            let mut h = Sha256::new();
+            for p in data.chunks(PIECE) {
+                h.update(p);
+            }
+            std::hint::black_box(h.finalize())
+        })
+    });
+    for chunk_kib in CHUNK_SIZES_KIB {
+        let dir = tempfile::tempdir_in(bench_dir).expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), chunk_kib * 1024, 0).expect("store"));
+        group.bench_with_input(
+            BenchmarkId::new("hash + write, chunk KiB", chunk_kib),
+            &chunk_kib,
+            // The digest is not checked: the staging file is discarded, not committed.
+            |b, _| b.iter(|| ingest_all(&store, digest, data).discard()),
+        );
+    }
+    group.finish();
+    c.final_summary();
 }
