@@ -70,12 +70,12 @@ impl Partials {
         (blob, rx)
     }
 
-    /// Removes a download (finished or failed).
     /// Swarm downloads running on this node.
     pub(crate) fn count(&self) -> usize {
         lock(&self.map).len()
     }
 
+    /// Removes a download (finished or failed).
     pub(crate) fn unregister(&self, digest: &Digest) {
         lock(&self.map).remove(digest);
     }
