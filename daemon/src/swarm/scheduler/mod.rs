@@ -171,11 +171,11 @@ pub enum Event {
     BlobCorrupt,
     /// A linked peer's own interested links (it and the nodes it is linked to that
     /// download the blob). They join this node's rendezvous assignment of origin chunks
-    /// until that peer sends a newer list, goes away, or is silent for `assignment_grace`. With
-    /// only its own links, each node of a large swarm sees a different interested set
-    /// and chunks get many owners; two hops of view make the sets nearly agree. The
-    /// daemon carries it in `Message::Interested`, sent whenever a node's
-    /// [`Scheduler::linked_interested`] changes (the simulator does the same).
+    /// until that peer sends a newer list, goes away, or is silent for
+    /// `assignment_grace`. With only its own links, each node of a large swarm sees a
+    /// different interested set and chunks get many owners; two hops of view make the
+    /// sets nearly agree. The daemon carries it in `Message::Interested`, sent whenever
+    /// a node's [`Scheduler::linked_interested`] changes (the simulator does the same).
     Interested {
         /// The peer that sent the list.
         from: NodeId,
@@ -238,6 +238,13 @@ struct PeerState {
     score: f64,
     last_heard: Duration,
     in_flight: usize,
+}
+
+impl PeerState {
+    /// Heard from within `grace` of `now`: live for the interested set and its lists.
+    fn heard_within(&self, now: Duration, grace: Duration) -> bool {
+        now.saturating_sub(self.last_heard) < grace
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -419,7 +426,7 @@ impl Scheduler {
                     if let Some(c) = st.chunks.get_mut(chunk as usize) {
                         *c = true;
                     }
-                    let was = (st.downloading, now.saturating_sub(st.last_heard) >= grace);
+                    let was = (st.downloading, !st.heard_within(now, grace));
                     st.last_heard = now;
                     if st.chunks.iter().all(|&c| c) {
                         st.downloading = false;
@@ -454,12 +461,10 @@ impl Scheduler {
             }
             Event::BlobCorrupt => self.on_corrupt(),
             Event::Interested { from, mut nodes } => {
-                if self.peers.contains_key(&from) {
+                if let Some(st) = self.peers.get_mut(&from) {
+                    st.last_heard = now;
                     nodes.truncate(MAX_HEARD_INTERESTED);
                     self.heard_interested.insert(from, nodes);
-                    if let Some(st) = self.peers.get_mut(&from) {
-                        st.last_heard = now;
-                    }
                     self.interested_cache = None;
                 }
             }
@@ -535,7 +540,7 @@ impl Scheduler {
                     } else {
                         rate
                     };
-                    if now.saturating_sub(st.last_heard) >= self.config.assignment_grace {
+                    if !st.heard_within(now, self.config.assignment_grace) {
                         self.interested_cache = None;
                     }
                     st.last_heard = now;
@@ -637,14 +642,14 @@ impl Scheduler {
         let peer_expiry = self
             .peers
             .values()
-            .filter(|st| st.downloading && now.saturating_sub(st.last_heard) < grace)
+            .filter(|st| st.downloading && st.heard_within(now, grace))
             .map(|st| st.last_heard + grace);
         // A list lapses with its sender's liveness (every sender is a peer).
         let sender_expiry = self
             .heard_interested
             .keys()
             .filter_map(|from| self.peers.get(from))
-            .filter(|st| now.saturating_sub(st.last_heard) < grace)
+            .filter(|st| st.heard_within(now, grace))
             .map(|st| st.last_heard + grace);
         let until = peer_expiry
             .chain(sender_expiry)
@@ -661,7 +666,7 @@ impl Scheduler {
     fn live_sender(&self, from: &NodeId, now: Duration) -> bool {
         self.peers
             .get(from)
-            .is_some_and(|st| now.saturating_sub(st.last_heard) < self.config.assignment_grace)
+            .is_some_and(|st| st.heard_within(now, self.config.assignment_grace))
     }
 
     /// The live interested nodes (this one included), sorted.
@@ -692,7 +697,7 @@ impl Scheduler {
         let mut live: Vec<NodeId> = self
             .peers
             .iter()
-            .filter(|(_, st)| st.downloading && now.saturating_sub(st.last_heard) < grace)
+            .filter(|(_, st)| st.downloading && st.heard_within(now, grace))
             .map(|(id, _)| *id)
             .chain([self.me])
             .collect();
@@ -750,9 +755,10 @@ impl Scheduler {
             .unwrap_or(1.0)
             .max(1.0);
         let window_end = self.cursor.saturating_add(self.config.stream_window);
-        // Seeds (peers complete when first heard of) are shared like the origin when other
-        // nodes want the blob too: each chunk is taken from a seed by its rendezvous owner only, and the
-        // others get it from the owner, so a seed's uplink carries each chunk about once.
+        // Seeds (peers complete when first heard of) are shared like the origin when
+        // other nodes want the blob too: each chunk is taken from a seed by its
+        // rendezvous owner only, and the others get it from the owner, so a seed's
+        // uplink carries each chunk about once.
         let share_seeds = shared && !self.stalled(now);
         let owned = if share_seeds {
             let linked = self.linked_interested(now);
