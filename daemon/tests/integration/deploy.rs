@@ -11,7 +11,7 @@ use crate::common::containerd::check;
 use crate::common::oci::{self, Pusher, OCI_MANIFEST};
 use crate::common::registry::{Registry, RegistryAuth};
 use crate::common::shoald::Shoald;
-use crate::common::{free_addr, require_root, swarm::free_udp_port};
+use crate::common::{free_addr, require_root, swarm::free_udp_ports};
 use crate::need;
 
 fn deploy_dir() -> PathBuf {
@@ -88,8 +88,7 @@ fn kubernetes_manifests_render_and_validate() {
 async fn start_with(config: &Path, dir: &Path) -> Shoald {
     let secret = dir.join("secret");
     std::fs::write(&secret, "s").unwrap();
-    let p2p = format!("127.0.0.1:{}", free_udp_port("127.0.0.1"));
-    let transfer = format!("127.0.0.1:{}", free_udp_port("127.0.0.1"));
+    let [p2p, transfer] = free_udp_ports("127.0.0.1").map(|port| format!("127.0.0.1:{port}"));
     let metrics = free_addr().to_string();
     Shoald::start_in(
         &dir.join("data"),
@@ -160,13 +159,14 @@ async fn systemd_unit_verifies_and_its_flags_are_shoalds() {
     }
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "s").unwrap();
+    let [p2p, transfer] = free_udp_ports("127.0.0.1").map(|port| format!("127.0.0.1:{port}"));
     flags.extend([
         "--cluster-secret-file".into(),
         secret.display().to_string(),
         "--p2p-addr".into(),
-        format!("127.0.0.1:{}", free_udp_port("127.0.0.1")),
+        p2p,
         "--transfer-addr".into(),
-        format!("127.0.0.1:{}", free_udp_port("127.0.0.1")),
+        transfer,
     ]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let s = Shoald::start_in(&dir.path().join("data"), &flags).await;

@@ -14,13 +14,7 @@ use crate::common::http;
 use crate::common::oci::{self, Pusher};
 use crate::common::registry::{Registry, RegistryAuth};
 use crate::common::shoald::Shoald;
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("udp port")
-}
+use crate::common::swarm::free_udp_port;
 
 fn client(secret: &[u8]) -> (tempfile::TempDir, Arc<Transfer>) {
     let dir = tempfile::tempdir().unwrap();
@@ -51,7 +45,7 @@ async fn shoald_serves_verified_chunks_to_authenticated_peers_only() {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("secret");
     std::fs::write(&secret_file, "swarm-secret\n").unwrap();
-    let transfer_addr = format!("127.0.0.1:{}", free_udp_port());
+    let transfer_addr = format!("127.0.0.1:{}", free_udp_port("127.0.0.1"));
     let data_dir = dir.path().join("data");
     let args = [
         "--insecure-registry",
@@ -144,7 +138,7 @@ async fn shoald_serves_verified_chunks_to_authenticated_peers_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shoald_without_a_secret_warns_loudly() {
-    let transfer_addr = format!("127.0.0.1:{}", free_udp_port());
+    let transfer_addr = format!("127.0.0.1:{}", free_udp_port("127.0.0.1"));
     let s = Shoald::start(&["--transfer-addr", &transfer_addr]).await;
     assert!(s.logs().contains("NO CLUSTER SECRET"));
 }

@@ -9,10 +9,19 @@ use super::shoald::Shoald;
 
 /// A free UDP port on `ip`.
 pub fn free_udp_port(ip: &str) -> u16 {
-    std::net::UdpSocket::bind((ip, 0))
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("udp port")
+    let [port] = free_udp_ports(ip);
+    port
+}
+
+/// `N` distinct free UDP ports on `ip`. All are held at once before any is released:
+/// asked one at a time, the OS can hand the same port out twice, and a node whose
+/// libp2p and transfer addresses collide fails to start (seen in CI: "libp2p listen on
+/// /ip4/127.0.0.11/udp/56136/quic-v1" with the transfer endpoint already there).
+pub fn free_udp_ports<const N: usize>(ip: &str) -> [u16; N] {
+    let sockets: Vec<std::net::UdpSocket> = (0..N)
+        .map(|_| std::net::UdpSocket::bind((ip, 0)).expect("udp port"))
+        .collect();
+    std::array::from_fn(|i| sockets[i].local_addr().expect("udp port").port())
 }
 
 /// One node's addresses.
@@ -63,8 +72,7 @@ impl Swarm {
     ) -> usize {
         let n = self.nodes.len();
         let ip = format!("127.0.0.{}", 10 + n);
-        let p2p = format!("{ip}:{}", free_udp_port(&ip));
-        let transfer = format!("{ip}:{}", free_udp_port(&ip));
+        let [p2p, transfer] = free_udp_ports(&ip).map(|port| format!("{ip}:{port}"));
         let data_dir = self.dir.path().join(format!("node{n}"));
         let origin = self.proxy.host();
         let secret = secret
