@@ -662,9 +662,10 @@ fn first_origin_request_waits_for_the_linked_downloaders_lists() {
     assert!(!requests(&s.handle_batch(ms(0), [])).is_empty());
 }
 
-#[test]
-fn cold_start_origin_fetches_stay_near_the_frontier() {
-    // 32 chunks, two downloaders that know each other; this node owns about half.
+/// A cold start of 32 chunks with an origin frontier of 4, between this node (1) and one
+/// linked downloader (2) that holds `peer_has` and lists both as interested. Returns the
+/// scheduler and its first actions.
+fn frontier_start(peer_has: impl Fn(u32) -> bool) -> (Scheduler, Vec<Action>) {
     let (me, p) = (NodeId(1), NodeId(2));
     let chunks = 32u32;
     let cfg = Config {
@@ -678,7 +679,7 @@ fn cold_start_origin_fetches_stay_near_the_frontier() {
         [
             Event::PeerBitfield {
                 peer: p,
-                chunks: vec![false; chunks as usize],
+                chunks: (0..chunks).map(peer_has).collect(),
                 downloading: true,
             },
             Event::Interested {
@@ -687,14 +688,25 @@ fn cold_start_origin_fetches_stay_near_the_frontier() {
             },
         ],
     );
+    (s, first)
+}
+
+/// The chunks `acts` requests from the origin.
+fn origin_requests(acts: &[Action]) -> Vec<u32> {
+    requests(acts)
+        .into_iter()
+        .filter(|(src, _)| *src == Source::Origin)
+        .map(|(_, c)| c)
+        .collect()
+}
+
+#[test]
+fn cold_start_origin_fetches_stay_near_the_frontier() {
+    // Two downloaders that know each other; this node owns about half the chunks.
+    let (me, p) = (NodeId(1), NodeId(2));
+    let (mut s, first) = frontier_start(|_| false);
     let mine = |c: u32| rendezvous_owner(&[me, p], c, 0) == me;
-    let origin = |acts: &[Action]| -> Vec<u32> {
-        requests(acts)
-            .into_iter()
-            .filter(|(src, _)| *src == Source::Origin)
-            .map(|(_, c)| c)
-            .collect()
-    };
+    let origin = origin_requests;
     let sent = origin(&first);
     assert_eq!(sent, (0..4).filter(|&c| mine(c)).collect::<Vec<_>>());
     // The peer announces the chunks it owns below 12: the frontier moves past them and
@@ -717,16 +729,32 @@ fn cold_start_origin_fetches_stay_near_the_frontier() {
         later.extend(origin(&acts));
     }
     assert!(later.iter().all(|&c| mine(c) && c >= 4), "{later:?}");
-    // The lowest chunk neither here nor announced by the peer.
+    // Each was among the four lowest chunks held neither here nor by the peer (holdings
+    // only grow, so that is still true at the end).
     let peer_has = |c: u32| c < 12 && !mine(c);
-    let frontier = (0..chunks)
-        .find(|&c| !s.has_chunk(c) && !peer_has(c))
-        .unwrap();
+    let unheld_below = |c: u32| (0..c).filter(|&b| !s.has_chunk(b) && !peer_has(b)).count();
     assert!(
-        later.iter().all(|&c| c < frontier + 4),
-        "{later:?} past {frontier}+4"
+        later.iter().all(|&c| unheld_below(c) < 4),
+        "{later:?} beyond the window"
     );
     assert!(!later.is_empty());
+}
+
+#[test]
+fn the_origin_frontier_counts_only_chunks_nobody_linked_holds() {
+    // The peer got chunks 1..12 from elsewhere in the swarm, but not chunk 0. The window
+    // is the four lowest chunks neither node holds, {0, 12, 13, 14}, not positions 0..4.
+    let (me, p) = (NodeId(1), NodeId(2));
+    let (_, first) = frontier_start(|c| (1..12).contains(&c));
+    let origin = origin_requests(&first);
+    let mine = |c: u32| rendezvous_owner(&[me, p], c, 0) == me;
+    let window = [0, 12, 13, 14];
+    assert_eq!(
+        origin,
+        window.into_iter().filter(|&c| mine(c)).collect::<Vec<_>>()
+    );
+    // Positions 0..4 would have allowed chunk 0 at most.
+    assert!(origin.iter().any(|&c| c >= 12), "{origin:?}");
 }
 
 /// A tiny discrete-event world: N schedulers, an origin, fixed transfer delays.
