@@ -30,7 +30,7 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use shoal_proto::{ChunkLayout, Digest};
@@ -230,8 +230,9 @@ pub enum Action {
 struct PeerState {
     chunks: Vec<bool>,
     downloading: bool,
-    /// Complete when this node first heard of it: a seed whose uplink is shared out by
-    /// rendezvous. A co-downloader that completes later is not: by then most of its
+    /// Complete when this node first heard of it, and never heard of downloading: a seed
+    /// whose uplink is shared out by rendezvous. A co-downloader that completes later is
+    /// not, also when linked again after its links closed: by then most of its
     /// neighbours have finished too, and an owner chosen among this node's links may
     /// not be linked to it, so the chunk would wait for the stall net (simulated, 1000
     /// nodes cold: 800 nodes idle with 0.7 % of the model missing, for 30 s).
@@ -287,6 +288,9 @@ pub struct Scheduler {
     seed_owners: Ownership,
     /// Each linked peer's interested links (gossip), its latest list.
     heard_interested: HashMap<NodeId, Vec<NodeId>>,
+    /// Peers ever heard of as downloading, kept after they go: a co-downloader's links
+    /// close when its download completes, and linked again it is still no seed.
+    co_downloaders: HashSet<NodeId>,
     /// [`Scheduler::live_interested`] and the time until which it holds: merging up to
     /// 32 gossiped lists per batch was most of a 1000-node simulation's time. Cleared
     /// by every event that can change the set; time alone only shrinks it.
@@ -325,6 +329,7 @@ impl Scheduler {
             origin_owners: Ownership::default(),
             seed_owners: Ownership::default(),
             heard_interested: HashMap::new(),
+            co_downloaders: HashSet::new(),
             interested_cache: None,
             salt: 0,
             actions: Vec::new(),
@@ -408,10 +413,14 @@ impl Scheduler {
                 if peer != self.me {
                     let mut chunks = chunks;
                     chunks.resize(self.chunks.len(), false);
+                    if downloading {
+                        self.co_downloaders.insert(peer);
+                    }
+                    let seed = !downloading && !self.co_downloaders.contains(&peer);
                     let st = self.peers.entry(peer).or_insert(PeerState {
                         chunks: Vec::new(),
                         downloading,
-                        seed: !downloading,
+                        seed,
                         score: f64::INFINITY,
                         last_heard: now,
                         in_flight: 0,

@@ -597,8 +597,9 @@ fn only_peers_complete_from_the_start_are_shared_seeds() {
     let (me, p, q) = (NodeId(1), NodeId(2), NodeId(3));
     let chunks = 16u32;
     let mine = |c: u32| rendezvous_owner(&[me, p], c, 0) == me;
-    // q is complete: from the start (a seed), or after downloading alongside.
-    let asked_of_q = |seed_from_start: bool| -> Vec<u32> {
+    // q is complete: from the start (a seed), or after downloading alongside, and then
+    // perhaps linked again (its links close when its download completes).
+    let asked_of_q = |seed_from_start: bool, relinked: bool| -> Vec<u32> {
         let mut s = Scheduler::new(me, layout(chunks), false, Config::default());
         let bitfield = |peer, complete: bool| Event::PeerBitfield {
             peer,
@@ -611,6 +612,11 @@ fn only_peers_complete_from_the_start_are_shared_seeds() {
             // of it while it was downloading.
             acts.extend(s.handle(ms(10), bitfield(q, true)));
         }
+        if relinked {
+            acts.clear();
+            s.handle(ms(15), Event::PeerGone { peer: q });
+            acts.extend(s.handle(ms(16), bitfield(q, true)));
+        }
         acts.extend(s.handle(ms(20), Event::Tick));
         requests(&acts)
             .into_iter()
@@ -619,13 +625,19 @@ fn only_peers_complete_from_the_start_are_shared_seeds() {
             .collect()
     };
     // A seed's chunks go to their owner among the linked downloaders (me or p).
-    let from_seed = asked_of_q(true);
+    let from_seed = asked_of_q(true, false);
+    assert!(!from_seed.is_empty());
+    assert!(from_seed.iter().all(|&c| mine(c)), "{from_seed:?}");
+    // So is a seed that went and came back.
+    let from_seed = asked_of_q(true, true);
     assert!(!from_seed.is_empty());
     assert!(from_seed.iter().all(|&c| mine(c)), "{from_seed:?}");
     // A co-downloader that finished is asked directly, owner or not: the owner may not
-    // be linked to it.
-    let from_finished = asked_of_q(false);
-    assert!(from_finished.iter().any(|&c| !mine(c)), "{from_finished:?}");
+    // be linked to it. Also when it is linked again after its links closed.
+    for relinked in [false, true] {
+        let from_finished = asked_of_q(false, relinked);
+        assert!(from_finished.iter().any(|&c| !mine(c)), "{from_finished:?}");
+    }
 }
 
 #[test]
