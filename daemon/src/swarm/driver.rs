@@ -48,6 +48,8 @@ const REDISCOVER: Duration = Duration::from_millis(1500);
 const FIRST_REDISCOVER: Duration = Duration::from_millis(400);
 /// Scheduler clock resolution (timeouts, grace periods).
 const TICK: Duration = Duration::from_millis(200);
+/// How often a download logs its progress at debug level.
+const PROGRESS_LOG: Duration = Duration::from_secs(2);
 
 /// The node's peer-to-peer side, shared by all downloads.
 pub(crate) struct PeerSwarm {
@@ -211,6 +213,7 @@ impl Run {
         }
         let mut pending = sched.handle_batch(now(), first);
         let mut tick = tokio::time::interval(TICK);
+        let mut progress = tokio::time::interval(PROGRESS_LOG);
         let mut rediscover =
             tokio::time::interval_at(tokio::time::Instant::now() + FIRST_REDISCOVER, REDISCOVER);
         loop {
@@ -314,6 +317,21 @@ impl Run {
                 }
                 _ = rediscover.tick() => {
                     self.spawn_rediscover(&inputs_tx);
+                    continue;
+                }
+                _ = progress.tick() => {
+                    let st = sched.status(now());
+                    tracing::debug!(
+                        present = st.present,
+                        chunks = st.chunks,
+                        peers = st.peers,
+                        seeds = st.seeds,
+                        interested = st.interested,
+                        peer_requests = st.peer_requests,
+                        origin_requests = st.origin_requests,
+                        stalled = st.stalled,
+                        "swarm download progress"
+                    );
                     continue;
                 }
                 _ = tick.tick() => Event::Tick,

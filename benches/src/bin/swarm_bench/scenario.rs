@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// The shoald binary (default: next to this one).
     #[arg(long)]
     pub shoald: Option<PathBuf>,
+    /// The daemons' log filter (`SHOAL_LOG`); `info,shoal_daemon::swarm=debug` adds each
+    /// download's progress every 2 s.
+    #[arg(long, default_value = "info")]
+    pub log: String,
 }
 
 struct Daemon {
@@ -46,7 +50,13 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(ns: &str, shoald: &Path, args: Vec<String>, log: PathBuf) -> Result<Daemon> {
+    fn spawn(
+        ns: &str,
+        shoald: &Path,
+        args: Vec<String>,
+        log: PathBuf,
+        filter: &str,
+    ) -> Result<Daemon> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -55,7 +65,7 @@ impl Daemon {
             .args(["netns", "exec", ns])
             .arg(shoald)
             .args(&args)
-            .env("SHOAL_LOG", "info")
+            .env("SHOAL_LOG", filter)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -287,6 +297,7 @@ impl Bench {
                 &self.shoald,
                 self.daemon_args(i, scenario),
                 log,
+                &self.args.log,
             )?);
         }
         // Every node should know every other before the rollout starts.
@@ -370,8 +381,13 @@ impl Bench {
                     std::thread::sleep(Duration::from_secs(1));
                     for &v in &victims {
                         let d = &daemons[v];
-                        daemons[v] =
-                            Daemon::spawn(&d.ns, &self.shoald, d.args.clone(), d.log.clone())?;
+                        daemons[v] = Daemon::spawn(
+                            &d.ns,
+                            &self.shoald,
+                            d.args.clone(),
+                            d.log.clone(),
+                            &self.args.log,
+                        )?;
                     }
                 }
                 let times = Bench::collect(pulls)?;

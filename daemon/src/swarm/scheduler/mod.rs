@@ -260,6 +260,27 @@ enum ChunkState {
     Unverified,
 }
 
+/// A snapshot of one download's state ([`Scheduler::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// Chunks present.
+    pub present: u32,
+    /// Chunks in the blob.
+    pub chunks: u32,
+    /// Linked peers.
+    pub peers: usize,
+    /// Of those, seeds shared out by rendezvous.
+    pub seeds: usize,
+    /// Live interested nodes, this one and gossiped ones included.
+    pub interested: usize,
+    /// Peer requests outstanding.
+    pub peer_requests: usize,
+    /// Origin requests outstanding.
+    pub origin_requests: usize,
+    /// The stall net is fetching regardless of owners.
+    pub stalled: bool,
+}
+
 /// The scheduler for one blob on one node.
 pub struct Scheduler {
     me: NodeId,
@@ -375,6 +396,28 @@ impl Scheduler {
     /// Chunks `0..cursor` are all present (what can be streamed in order).
     pub fn cursor(&self) -> u32 {
         self.cursor
+    }
+
+    /// Counters for a progress line: what the download waits on when it stalls.
+    pub fn status(&mut self, now: Duration) -> Status {
+        let interested = self.cached_interested(now).len();
+        let seeds = self.peers.values().filter(|st| st.seed).count();
+        let peer_requests = self
+            .in_flight
+            .values()
+            .flatten()
+            .filter(|(s, _)| *s != Source::Origin)
+            .count();
+        Status {
+            present: self.present,
+            chunks: self.chunks.len() as u32,
+            peers: self.peers.len(),
+            seeds,
+            interested,
+            peer_requests,
+            origin_requests: self.origin_in_flight,
+            stalled: self.stalled(now),
+        }
     }
 
     /// Feeds one event at time `now` and returns what to do.

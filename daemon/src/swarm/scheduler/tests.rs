@@ -141,6 +141,41 @@ fn streaming_window_goes_first() {
 }
 
 #[test]
+fn status_counts_what_the_download_waits_on() {
+    let cfg = Config {
+        max_requests_per_peer: 1,
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(ME, layout(16), true, cfg);
+    let seed = Event::PeerBitfield {
+        peer: A,
+        chunks: bits(16, |_| true),
+        downloading: false,
+    };
+    let partial = Event::PeerBitfield {
+        peer: B,
+        chunks: bits(16, |c| c < 8),
+        downloading: true,
+    };
+    let sent = requests(&s.handle_batch(ms(0), [seed, partial]));
+    let st = s.status(ms(0));
+    assert_eq!((st.present, st.chunks), (0, 16));
+    assert_eq!((st.peers, st.seeds, st.interested), (2, 1, 2));
+    assert_eq!((st.peer_requests, st.origin_requests), (2, 0));
+    assert!(!st.stalled);
+    let (source, chunk) = sent[0];
+    s.handle(
+        ms(5),
+        Event::ChunkArrived {
+            source,
+            chunk,
+            valid: true,
+        },
+    );
+    assert_eq!(s.status(ms(5)).present, 1);
+}
+
+#[test]
 fn origin_only_for_what_no_peer_has() {
     let mut s = Scheduler::new(
         ME,
