@@ -304,6 +304,15 @@ impl Run {
                         self.ctx.metrics.interested_lists.inc();
                         Event::Interested { from: peer, nodes }
                     }
+                    // Only a peer that ended while downloading is gone. Linked again
+                    // (rediscovery), it reports what it holds now; a link that ended
+                    // before its peer's last `Have` arrived left the peer owning chunks
+                    // for the 30 s grace (emulated: a 16 KiB layer took 30 s).
+                    LinkUpdate::Ended { peer } if sched.peer_complete(peer) == Some(false) => {
+                        self.peers.remove(&peer);
+                        Event::PeerGone { peer }
+                    }
+                    LinkUpdate::Ended { .. } => continue,
                     LinkUpdate::Closed { peer } => {
                         if self.peers.remove(&peer).is_none() {
                             continue;

@@ -87,10 +87,14 @@ pub(super) enum LinkUpdate {
     Interested { peer: NodeId, nodes: Vec<NodeId> },
     /// The link broke (the peer went away, or sent garbage).
     Closed { peer: NodeId },
+    /// The peer finished its side cleanly: it will announce nothing more. A complete
+    /// provider does so at once and stays a peer; a peer still downloading when its
+    /// link ends has ended that download (done or failed) and must be dropped, or it
+    /// keeps owning chunks it will never fetch.
+    Ended { peer: NodeId },
 }
 
-/// Reads a link until it ends. A peer that finishes its side cleanly (a complete
-/// provider with nothing more to announce) is not gone.
+/// Reads a link until it ends.
 pub(super) fn spawn_reader(
     peer: NodeId,
     digest: Digest,
@@ -118,7 +122,10 @@ pub(super) fn spawn_reader(
                         nodes: nodes.into_iter().map(NodeId).collect(),
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => {
+                    let _ = updates.send(LinkUpdate::Ended { peer });
+                    return;
+                }
                 Ok(Some(other)) => {
                     tracing::warn!(?other, "unexpected frame on an interest link; dropping it");
                     let _ = updates.send(LinkUpdate::Closed { peer });

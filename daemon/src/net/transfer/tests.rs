@@ -43,8 +43,15 @@ fn blob(len: usize) -> (Vec<u8>, Digest) {
     (data, d)
 }
 
-#[tokio::test]
-async fn serves_chunks_and_index_to_an_authenticated_peer() {
+/// Node b holds a 300 kB blob; a is connected to b. Returns the nodes (kept alive),
+/// the blob, its digest and record, and a's connection.
+async fn connected_to_a_holder() -> (
+    (Node, Node),
+    Vec<u8>,
+    Digest,
+    crate::store::BlobRecord,
+    PeerConnection,
+) {
     let (a, b) = (node(b"secret"), node(b"secret"));
     let (data, d) = blob(300_000);
     let record = b.store.put_bytes(d, &data, None).unwrap();
@@ -53,6 +60,12 @@ async fn serves_chunks_and_index_to_an_authenticated_peer() {
         .connect(b.transfer.local_addr().unwrap(), Some(b.transfer.peer_id()))
         .await
         .unwrap();
+    ((a, b), data, d, record, conn)
+}
+
+#[tokio::test]
+async fn serves_chunks_and_index_to_an_authenticated_peer() {
+    let ((_a, b), data, d, record, conn) = connected_to_a_holder().await;
     assert_eq!(conn.remote, b.transfer.peer_id());
     let index = conn.fetch_index(d).await.unwrap();
     assert_eq!(index, record.chunks);
@@ -79,6 +92,19 @@ async fn serves_chunks_and_index_to_an_authenticated_peer() {
         conn.fetch_chunk(d, 0, 1000).await,
         Err(NetError::Protocol(_))
     ));
+}
+
+/// The swarm's link reader relies on this: a complete provider answers an interest link
+/// with its full have-map and then ends its side cleanly (a peer still downloading
+/// ends cleanly only when its download is over).
+#[tokio::test]
+async fn a_complete_provider_ends_its_interest_link_after_the_map() {
+    let (_nodes, _, d, record, conn) = connected_to_a_holder().await;
+    let mut link = conn.subscribe(d, None, Vec::new()).await.unwrap();
+    assert_eq!(link.layout, Some(record.chunks.layout));
+    let count = record.chunks.layout.count();
+    assert!((0..count).all(|i| wire::bitfield::get(&link.bitfield, i)));
+    assert!(matches!(PeerLink::next(&mut link.recv).await, Ok(None)));
 }
 
 #[tokio::test]

@@ -398,6 +398,11 @@ impl Scheduler {
         self.cursor
     }
 
+    /// Whether a linked peer holds every chunk (`None`: not linked).
+    pub fn peer_complete(&self, peer: NodeId) -> Option<bool> {
+        self.peers.get(&peer).map(|st| st.chunks.iter().all(|&c| c))
+    }
+
     /// Counters for a progress line: what the download waits on when it stalls.
     pub fn status(&mut self, now: Duration) -> Status {
         let interested = self.cached_interested(now).len();

@@ -163,6 +163,10 @@ fn status_counts_what_the_download_waits_on() {
     assert_eq!((st.peers, st.seeds, st.interested), (2, 1, 2));
     assert_eq!((st.peer_requests, st.origin_requests), (2, 0));
     assert!(!st.stalled);
+    assert_eq!(
+        (s.peer_complete(A), s.peer_complete(B), s.peer_complete(ME)),
+        (Some(true), Some(false), None)
+    );
     let (source, chunk) = sent[0];
     s.handle(
         ms(5),
