@@ -69,6 +69,12 @@ pub fn markdown(args: &RunArgs, model_bytes: u64, rate: f64, results: &[Scenario
         args.chunk_size,
         model_bytes as f64 / rate
     );
+    if !args.shoald_arg.is_empty() {
+        s.push_str(&format!(
+            "Extra shoald flags: `{}`.\n\n",
+            args.shoald_arg.join(" ")
+        ));
+    }
     s.push_str(HEADER);
     for r in results {
         s.push_str(&row(r));

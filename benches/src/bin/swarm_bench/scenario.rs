@@ -40,6 +40,9 @@ pub struct RunArgs {
     /// download's progress every 2 s.
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// An extra shoald flag for every node, repeatable: `--shoald-arg=--max-uploads=16`.
+    #[arg(long, allow_hyphen_values = true)]
+    pub shoald_arg: Vec<String>,
 }
 
 struct Daemon {
@@ -276,6 +279,7 @@ impl Bench {
             "--chunk-size".into(),
             self.args.chunk_size.clone(),
         ];
+        a.extend(self.args.shoald_arg.iter().cloned());
         if i > 0 {
             a.push("--bootstrap".into());
             a.push(format!("{}:4001", self.net.nodes[0].ip));
