@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::scheduler;
 
 /// Peer chunk requests in flight at once across all downloads of this node. Each holds a
-/// chunk in memory until written, so this bounds memory (12 x 4 MiB).
+/// chunk in memory until written, so this bounds memory (12 chunks: 24 MiB at 2 MiB).
 pub const MAX_PEER_REQUESTS: usize = 12;
 /// Providers this node links to on its own initiative per download; peers that link
 /// to it are accepted beyond that (they are interested nodes of a cold start).
@@ -15,13 +15,15 @@ pub const MAX_LINKED: usize = 32;
 /// The scheduler's settings in the daemon. A dead peer's link closes within the QUIC
 /// idle timeout (8 s), which removes it from the interested set at once; the grace
 /// period is only for live peers that are slow to announce, and under a congested origin
-/// (tens of nodes sharing it) a chunk can take many seconds. Two origin requests per
-/// blob keep the origin link busy for a node downloading alone; with others downloading
+/// (tens of nodes sharing it) a chunk can take many seconds. 8 MiB of origin ranges
+/// per blob ([`origin_requests_alone`]) keep the origin link busy for a node downloading
+/// alone; with others downloading
 /// too, one (`shared_origin_requests`) keeps chunks from all finishing late at once,
 /// which would delay passing them on to peers.
 pub fn scheduler_config() -> scheduler::Config {
     scheduler::Config {
         assignment_grace: Duration::from_secs(30),
+        // For 4 MiB chunks; the driver sets it per download ([`origin_requests_alone`]).
         max_origin_requests: 2,
         // One request per peer at a time: chunks shared by many requesters then finish
         // one after another and are relayed early, instead of all arriving together late
@@ -32,6 +34,19 @@ pub fn scheduler_config() -> scheduler::Config {
         origin_frontier: origin_frontier(1),
         ..scheduler::Config::default()
     }
+}
+
+/// Origin bytes a download alone keeps in flight. Origin ranges are one chunk each, and
+/// behind a WAN round trip (and a registry's redirect to its CDN) each range waits
+/// before its first byte; keeping the bytes in flight, not the count of ranges, fixed
+/// keeps a lone node's origin throughput whatever the chunk size.
+const ORIGIN_BYTES_ALONE: u64 = 8 * 1024 * 1024;
+
+/// Origin ranges in flight for a download alone ([`scheduler::Config::max_origin_requests`]):
+/// 8 MiB worth, from 2 to 16 ranges.
+pub fn origin_requests_alone(chunk_size: u32) -> usize {
+    let ranges = ORIGIN_BYTES_ALONE / u64::from(chunk_size.max(1));
+    usize::try_from(ranges).unwrap_or(usize::MAX).clamp(2, 16)
 }
 
 /// Total origin-frontier chunks over the node's downloads running at once
@@ -60,5 +75,15 @@ mod tests {
         let frontiers: Vec<u32> = (0..=5).map(origin_frontier).collect();
         assert_eq!(frontiers, [16, 16, 8, 5, 4, 4]);
         assert_eq!(origin_frontier(usize::MAX), 4);
+    }
+
+    #[test]
+    fn a_lone_download_keeps_8_mib_of_origin_ranges_in_flight() {
+        let mib = 1024 * 1024;
+        assert_eq!(origin_requests_alone(4 * mib), 2);
+        assert_eq!(origin_requests_alone(2 * mib), 4);
+        assert_eq!(origin_requests_alone(mib), 8);
+        assert_eq!(origin_requests_alone(64 * 1024), 16);
+        assert_eq!(origin_requests_alone(64 * mib), 2);
     }
 }
