@@ -105,7 +105,7 @@ pub struct Config {
     pub max_disk: u64,
 
     /// Chunk size for new blobs (64KiB..64MiB).
-    #[arg(long, env = "SHOAL_CHUNK_SIZE", value_name = "SIZE", default_value = "4MiB", value_parser = parse_chunk_size)]
+    #[arg(long, env = "SHOAL_CHUNK_SIZE", value_name = "SIZE", default_value = "2MiB", value_parser = parse_chunk_size)]
     pub chunk_size: u64,
 
     /// How long a tag→digest resolution is trusted before asking the upstream again.
@@ -348,6 +348,12 @@ mod tests {
         assert_eq!(c.max_disk, 1 << 30);
         assert_eq!(c.insecure_registry, vec!["a:5000", "b"]);
         assert!(!c.stale_if_error);
+    }
+
+    #[test]
+    fn the_default_chunk_size_is_the_protocol_default() {
+        let c = Config::load_from(["shoald"]).unwrap();
+        assert_eq!(c.chunk_size, u64::from(shoal_proto::DEFAULT_CHUNK_SIZE));
     }
 
     #[test]

@@ -23,7 +23,7 @@ fn main() {
     }
 }
 
-/// Chunk buffers of 4 MiB come and go by the hundred per second. glibc's default raises
+/// Chunk buffers of megabytes come and go by the hundred per second. glibc's default raises
 /// its mmap threshold after the first such buffer is freed and from then on recycles
 /// them inside its arenas, which never shrink back: peak RSS 156-168 MiB against 116 MiB
 /// with a fixed 256 KiB threshold in the 8-node swarm benchmark (benches/RESULTS.md;

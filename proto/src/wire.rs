@@ -84,7 +84,7 @@ use crate::digest::Digest;
 pub const VERSION: u8 = 1;
 
 /// Largest frame accepted (version + type + payload): 4 MiB. An `Index` of a blob with
-/// 4 MiB chunks fits up to ~512 GiB.
+/// the default 2 MiB chunks fits up to ~256 GiB (4 MiB chunks: ~512 GiB).
 pub const MAX_FRAME: u32 = 4 * 1024 * 1024;
 
 /// Most node ids in one `Interested` frame: 8 KiB, and more than one node's links.

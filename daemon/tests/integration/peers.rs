@@ -132,7 +132,7 @@ async fn shoald_serves_verified_chunks_to_authenticated_peers_only() {
         .expect("same PeerId after restart");
     assert_eq!(
         conn.fetch_chunk(digest, 0, 64 << 20).await.unwrap().len(),
-        4 * 1024 * 1024
+        shoal_proto::DEFAULT_CHUNK_SIZE as usize
     );
 }
 

@@ -62,7 +62,7 @@ pub enum Source {
     Origin,
 }
 
-/// Tunables. Defaults suit a LAN with 4 MiB chunks.
+/// Tunables. Defaults suit a LAN with chunks of a few MiB.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Outstanding requests to the fastest peer (slower peers get proportionally fewer, at least 1).
