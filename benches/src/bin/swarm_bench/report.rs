@@ -40,13 +40,18 @@ pub fn row(r: &ScenarioResult) -> String {
         t.first().copied().unwrap_or(0.0),
         t.get(t.len() / 2).copied().unwrap_or(0.0),
     );
-    let rss = if r.peak_rss == 0 {
-        "—".to_owned()
+    // No daemons (the direct scenario): no RSS and no CPU to report. (An empty f64 sum
+    // is -0.0, which would print as such.)
+    let (rss, cpu) = if r.peak_rss == 0 {
+        ("—".to_owned(), "—".to_owned())
     } else {
-        format!("{:.0} MiB", r.peak_rss as f64 / 1048576.0)
+        (
+            format!("{:.0} MiB", r.peak_rss as f64 / 1048576.0),
+            format!("{:.1}", r.cpu_secs),
+        )
     };
     format!(
-        "| {} | {} | {min:.1} | {med:.1} | {:.1} | {:.1} | {:.2} | {:.0} MiB | {:.3} | {rss} | {:.1} |",
+        "| {} | {} | {min:.1} | {med:.1} | {:.1} | {:.1} | {:.2} | {:.0} MiB | {:.3} | {rss} | {cpu} |",
         r.name,
         r.times.len(),
         r.max(),
@@ -54,7 +59,6 @@ pub fn row(r: &ScenarioResult) -> String {
         r.max() / r.t_limit,
         r.egress as f64 / 1048576.0,
         r.egress as f64 / r.model_bytes as f64,
-        r.cpu_secs
     )
 }
 
