@@ -35,9 +35,7 @@ use crate::store::{Store, StoreError};
 use crate::upstream::{Target, Upstream, UpstreamError};
 
 pub use reader::{stream_range, BlobSource};
-pub use tuning::{
-    origin_frontier, origin_requests_alone, scheduler_config, MAX_LINKED, MAX_PEER_REQUESTS,
-};
+pub use tuning::{origin_frontier, scheduler_config, MAX_LINKED, MAX_PEER_REQUESTS};
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +191,7 @@ impl Downloads {
                 transfer: n.transfer,
                 discovery: n.discovery,
                 partials,
-                config: tuning::scheduler_config(),
+                config: tuning::scheduler_config(store.chunk_size()),
                 peer_requests: Arc::new(tokio::sync::Semaphore::new(tuning::MAX_PEER_REQUESTS)),
             })
         });

@@ -17,14 +17,14 @@ pub const MAX_LINKED: usize = 32;
 /// period is only for live peers that are slow to announce, and under a congested origin
 /// (tens of nodes sharing it) a chunk can take many seconds. 8 MiB of origin ranges
 /// per blob ([`origin_requests_alone`]) keep the origin link busy for a node downloading
-/// alone; with others downloading
-/// too, one (`shared_origin_requests`) keeps chunks from all finishing late at once,
-/// which would delay passing them on to peers.
-pub fn scheduler_config() -> scheduler::Config {
+/// alone; with others downloading too, one (`shared_origin_requests`) keeps chunks from
+/// all finishing late at once, which would delay passing them on to peers.
+///
+/// `chunk_size` is the store's: every blob a node downloads is chunked that way.
+pub fn scheduler_config(chunk_size: u32) -> scheduler::Config {
     scheduler::Config {
         assignment_grace: Duration::from_secs(30),
-        // For 4 MiB chunks; the driver sets it per download ([`origin_requests_alone`]).
-        max_origin_requests: 2,
+        max_origin_requests: origin_requests_alone(chunk_size),
         // One request per peer at a time: chunks shared by many requesters then finish
         // one after another and are relayed early, instead of all arriving together late
         // (simulated, 8 nodes: warm 1.81x -> 1.45x T_limit, cold 1.78x -> 1.44x with
@@ -44,7 +44,7 @@ const ORIGIN_BYTES_ALONE: u64 = 8 * 1024 * 1024;
 
 /// Origin ranges in flight for a download alone ([`scheduler::Config::max_origin_requests`]):
 /// 8 MiB worth, from 2 to 16 ranges.
-pub fn origin_requests_alone(chunk_size: u32) -> usize {
+fn origin_requests_alone(chunk_size: u32) -> usize {
     let ranges = ORIGIN_BYTES_ALONE / u64::from(chunk_size.max(1));
     usize::try_from(ranges).unwrap_or(usize::MAX).clamp(2, 16)
 }

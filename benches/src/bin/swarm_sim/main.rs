@@ -89,10 +89,8 @@ struct Args {
 
 /// The daemon's scheduler configuration, with any exploration overrides.
 fn config(args: &Args) -> shoal_daemon::swarm::scheduler::Config {
-    let mut c = shoal_daemon::swarm::scheduler_config();
-    c.max_origin_requests = shoal_daemon::swarm::origin_requests_alone(
-        u32::try_from(args.chunk_size).unwrap_or(u32::MAX),
-    );
+    let mut c =
+        shoal_daemon::swarm::scheduler_config(u32::try_from(args.chunk_size).unwrap_or(u32::MAX));
     if let Some(n) = args.origin_requests {
         c.max_origin_requests = n;
         c.shared_origin_requests = n;
