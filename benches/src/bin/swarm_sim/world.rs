@@ -613,13 +613,20 @@ fn trace_line(t: f64, nodes: &[Node], flows: &[Flow], out: &Outcome, layouts: &[
         .iter()
         .filter(|f| f.src != Endpoint::Origin && !f.admitted)
         .count();
+    let mut uploaders: Vec<Endpoint> = flows
+        .iter()
+        .filter(|f| f.src != Endpoint::Origin && f.admitted)
+        .map(|f| f.src)
+        .collect();
+    uploaders.sort_unstable_by_key(|e| slot_of(*e, nodes.len()));
+    uploaders.dedup();
     let idle = nodes
         .iter()
         .enumerate()
         .filter(|(i, n)| n.finished_at.is_none() && !flows.iter().any(|f| f.dst == *i))
         .count();
     eprintln!(
-        "t {t:7.1}  done {:4}/{}  held {:5.1}%  origin {:6.3}x  origin flows {:4} (to {:4} nodes)  peer flows {:5} + {:5} queued  idle nodes {:4}",
+        "t {t:7.1}  done {:4}/{}  held {:5.1}%  origin {:6.3}x  origin flows {:4} (to {:4} nodes)  peer flows {:5} + {:5} queued  idle nodes {:4}  uploading nodes {:4}",
         nodes.iter().filter(|n| n.finished_at.is_some()).count(),
         nodes.len(),
         100.0 * held as f64 / (chunks * nodes.len()).max(1) as f64,
@@ -629,5 +636,6 @@ fn trace_line(t: f64, nodes: &[Node], flows: &[Flow], out: &Outcome, layouts: &[
         peer_active,
         peer_queued,
         idle,
+        uploaders.len(),
     );
 }
