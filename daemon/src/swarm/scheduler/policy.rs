@@ -1,0 +1,201 @@
+//! The scheduling policy proper: which chunk to ask of which peer, and what to fetch
+//! from the origin (the precedence is in the module docs of [`super`]).
+
+use std::time::Duration;
+
+use super::{Action, ChunkState, NodeId, Scheduler, Source};
+
+impl Scheduler {
+    /// Per-node tie-break so nodes pick different chunks among equally rare ones.
+    fn spread(&self, chunk: u32) -> u64 {
+        (u64::from(chunk).wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.me.0
+    }
+
+    pub(super) fn schedule(&mut self, now: Duration) {
+        let missing: Vec<u32> = (0..self.chunks.len() as u32)
+            .filter(|&c| self.chunks[c as usize] == ChunkState::Missing)
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let interested = self.cached_interested(now);
+        if !self.origin_only {
+            self.schedule_peers(now, &missing, interested.len() > 1);
+        }
+        self.schedule_origin(now, &missing, interested);
+    }
+
+    fn schedule_peers(&mut self, now: Duration, missing: &[u32], shared: bool) {
+        // Indexed by chunk: this runs on every event, for every missing chunk and peer,
+        // and a hash map here was most of the cost at a thousand nodes (simulator).
+        let mut availability = vec![0u32; self.chunks.len()];
+        for st in self.peers.values() {
+            for &c in missing {
+                if st.chunks[c as usize] {
+                    availability[c as usize] += 1;
+                }
+            }
+        }
+        // Fastest peers first; unmeasured ones (infinite score) are tried early.
+        let mut order: Vec<NodeId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|p| !self.banned.contains_key(p))
+            .collect();
+        order.sort_by(|a, b| {
+            self.peers[b]
+                .score
+                .total_cmp(&self.peers[a].score)
+                .then(a.cmp(b))
+        });
+        let best = order
+            .iter()
+            .map(|p| self.peers[p].score)
+            .find(|s| s.is_finite())
+            .unwrap_or(1.0)
+            .max(1.0);
+        let window_end = self.cursor.saturating_add(self.config.stream_window);
+        // Seeds (peers complete when first heard of) are shared like the origin when
+        // other nodes want the blob too: each chunk is taken from a seed by its
+        // rendezvous owner only, and the others get it from the owner, so a seed's
+        // uplink carries each chunk about once.
+        let share_seeds = shared && !self.stalled(now);
+        let owned = if share_seeds {
+            let linked = self.linked_interested(now);
+            self.seed_owners
+                .update(linked, self.me, self.chunks.len(), self.salt)
+                .to_vec()
+        } else {
+            Vec::new()
+        };
+        for peer in order {
+            let from_seed = share_seeds && self.peers[&peer].seed;
+            let depth = {
+                let s = self.peers[&peer].score;
+                let share = if s.is_finite() { s / best } else { 1.0 };
+                ((self.config.max_requests_per_peer as f64 * share).round() as usize)
+                    .clamp(1, self.config.max_requests_per_peer)
+            };
+            while self.peers[&peer].in_flight < depth {
+                let candidates = missing.iter().copied().filter(|&c| {
+                    self.peers[&peer].chunks[c as usize]
+                        && !self.in_flight.contains_key(&c)
+                        && (!from_seed || owned.get(c as usize).copied().unwrap_or(true))
+                });
+                // In the window: lowest index first. Past it: rarest, then spread.
+                let pick = candidates.min_by_key(|&c| {
+                    let in_window = c < window_end;
+                    (
+                        !in_window,
+                        if in_window { c } else { 0 },
+                        availability[c as usize],
+                        self.spread(c),
+                    )
+                });
+                let pick = pick.or_else(|| self.endgame_pick(peer, missing));
+                let Some(chunk) = pick else { break };
+                self.send(now, Source::Peer(peer), chunk);
+            }
+        }
+    }
+
+    /// In endgame (every missing chunk requested), a chunk this peer has and that is
+    /// outstanding elsewhere, oldest request first.
+    fn endgame_pick(&self, peer: NodeId, missing: &[u32]) -> Option<u32> {
+        if missing.iter().any(|c| !self.in_flight.contains_key(c)) {
+            return None;
+        }
+        let st = &self.peers[&peer];
+        self.in_flight
+            .iter()
+            .filter(|(c, v)| {
+                st.chunks[**c as usize]
+                    && v.len() < self.config.endgame_sources
+                    && v.iter().all(|(s, _)| *s != Source::Peer(peer))
+            })
+            .min_by_key(|(_, v)| v.iter().map(|(_, t)| *t).min())
+            .map(|(c, _)| *c)
+    }
+
+    fn schedule_origin(&mut self, now: Duration, missing: &[u32], interested: Vec<NodeId>) {
+        let everything = self.origin_only || self.stalled(now);
+        let shared = interested.len() > 1;
+        if shared && !everything && !self.membership_known(now) {
+            return;
+        }
+        let mut held_by_peer = vec![false; self.chunks.len()];
+        if !self.origin_only {
+            for (p, st) in &self.peers {
+                if self.banned.contains_key(p) {
+                    continue;
+                }
+                for &c in missing {
+                    held_by_peer[c as usize] |= st.chunks[c as usize];
+                }
+            }
+        }
+        let window_end = self.cursor.saturating_add(self.config.stream_window);
+        let owned = if everything {
+            Vec::new()
+        } else {
+            self.origin_owners
+                .update(interested, self.me, self.chunks.len(), self.salt)
+                .to_vec()
+        };
+        let frontier_end = if shared && !everything && self.config.origin_frontier > 0 {
+            // Counted in chunks nobody linked holds, not in positions: chunks above the
+            // frontier that came from elsewhere in the swarm do not narrow the window.
+            missing
+                .iter()
+                .copied()
+                .filter(|&c| !held_by_peer[c as usize])
+                .nth(self.config.origin_frontier as usize)
+                .unwrap_or(u32::MAX)
+        } else {
+            u32::MAX
+        };
+        let mut wanted: Vec<u32> = missing
+            .iter()
+            .copied()
+            .filter(|&c| !self.in_flight.contains_key(&c) && !held_by_peer[c as usize])
+            .filter(|&c| everything || owned.get(c as usize).copied().unwrap_or(false))
+            .filter(|&c| c < frontier_end)
+            .collect();
+        // In order, window first: the origin is the source of last resort for streaming too.
+        wanted.sort_by_key(|&c| (c >= window_end, c));
+        let limit = if shared {
+            self.config.shared_origin_requests.max(1)
+        } else {
+            self.config.max_origin_requests
+        };
+        for chunk in wanted {
+            if self.origin_in_flight >= limit {
+                break;
+            }
+            self.send(now, Source::Origin, chunk);
+        }
+    }
+
+    /// Safety net: nothing outstanding and nothing arrived for a grace period means
+    /// assignments evidently are not being served; fetch regardless of owner.
+    pub(super) fn stalled(&self, now: Duration) -> bool {
+        self.in_flight.is_empty()
+            && self
+                .last_progress
+                .is_some_and(|t| now.saturating_sub(t) >= self.config.assignment_grace)
+    }
+
+    fn send(&mut self, now: Duration, source: Source, chunk: u32) {
+        self.in_flight.entry(chunk).or_default().push((source, now));
+        match source {
+            Source::Origin => self.origin_in_flight += 1,
+            Source::Peer(p) => {
+                if let Some(st) = self.peers.get_mut(&p) {
+                    st.in_flight += 1;
+                }
+            }
+        }
+        self.actions.push(Action::Request { source, chunk });
+    }
+}
