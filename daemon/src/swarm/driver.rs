@@ -28,7 +28,7 @@ use tracing::Instrument as _;
 use super::links::{self, LinkUpdate};
 use super::partial::{PartialBlob, Partials};
 use super::scheduler::{self, Action, Event, NodeId, Scheduler, Source};
-use super::tuning::{origin_frontier, MAX_LINKED};
+use super::tuning::{origin_frontier, peer_requests_per_download, MAX_LINKED};
 use super::writer::{spawn_writer, write, Fetched, WriteJob};
 use super::{Context, DownloadError, Progress};
 use crate::net::discovery::Discovery;
@@ -179,6 +179,7 @@ impl Run {
         // The blobs a client pulls together start within the settle of each other.
         let config = scheduler::Config {
             origin_frontier: origin_frontier(self.swarm.partials.count()),
+            max_peer_requests: peer_requests_per_download(self.swarm.partials.count()),
             ..self.swarm.config.clone()
         };
         let mut sched = Scheduler::new(self.swarm.me, layout, index.is_some(), config)
@@ -343,7 +344,12 @@ impl Run {
                     );
                     continue;
                 }
-                _ = tick.tick() => Event::Tick,
+                _ = tick.tick() => {
+                    sched.set_max_peer_requests(peer_requests_per_download(
+                        self.swarm.partials.count(),
+                    ));
+                    Event::Tick
+                }
             };
             pending.extend(sched.handle(now(), event));
         }

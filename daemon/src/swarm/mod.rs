@@ -35,7 +35,9 @@ use crate::store::{Store, StoreError};
 use crate::upstream::{Target, Upstream, UpstreamError};
 
 pub use reader::{stream_range, BlobSource};
-pub use tuning::{origin_frontier, scheduler_config, MAX_LINKED, MAX_PEER_REQUESTS};
+pub use tuning::{
+    origin_frontier, peer_requests_per_download, scheduler_config, MAX_LINKED, MAX_PEER_REQUESTS,
+};
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]

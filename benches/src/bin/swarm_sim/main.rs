@@ -63,6 +63,10 @@ struct Args {
     /// Override the node-wide cap on peer requests in flight (exploration).
     #[arg(long)]
     peer_cap: Option<usize>,
+    /// Fix each download's peer requests in flight (exploration; default: the daemon's
+    /// share of the node-wide cap over the node's unfinished layers).
+    #[arg(long)]
+    download_peer_requests: Option<usize>,
     /// Chunk uploads a node serves at once (the daemon's `--max-uploads`).
     #[arg(long, default_value = "8")]
     upload_slots: usize,
@@ -160,6 +164,7 @@ fn main() -> Result<()> {
                 settle: Duration::from_millis(500),
                 seed: args.seed,
                 config: config(&args),
+                download_peer_requests: args.download_peer_requests,
                 limit: args.limit,
                 gossip: args.gossip,
                 trace: args.trace.map(|d| d.as_secs_f64()),

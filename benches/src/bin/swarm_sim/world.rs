@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
+use shoal_daemon::swarm::peer_requests_per_download;
 use shoal_daemon::swarm::scheduler::{Action, Config, Event, NodeId, Scheduler, Source};
 use shoal_proto::ChunkLayout;
 
@@ -46,6 +47,9 @@ pub struct Params {
     pub settle: Duration,
     pub seed: u64,
     pub config: Config,
+    /// Each download's peer requests in flight, fixed (exploration); `None`: the
+    /// daemon's share of the node-wide cap over the node's unfinished layers.
+    pub download_peer_requests: Option<usize>,
     /// Give up after this much simulated time.
     pub limit: Duration,
     /// How nodes learn of downloaders beyond their links (`Event::Interested`).
@@ -335,9 +339,14 @@ pub fn run(p: &Params) -> Outcome {
                 if tick {
                     events.push(Event::Tick);
                 }
+                let downloading = nodes[i].done.iter().filter(|d| !**d).count();
                 let Some(s) = nodes[i].scheds[b].as_mut() else {
                     continue;
                 };
+                s.set_max_peer_requests(
+                    p.download_peer_requests
+                        .unwrap_or_else(|| peer_requests_per_download(downloading)),
+                );
                 out.scheduler_calls += 1;
                 let actions = s.handle_batch(now, events);
                 if p.gossip == Gossip::On {

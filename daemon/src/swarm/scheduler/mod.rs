@@ -79,6 +79,10 @@ pub enum Source {
 pub struct Config {
     /// Outstanding requests to the fastest peer (slower peers get proportionally fewer, at least 1).
     pub max_requests_per_peer: usize,
+    /// Outstanding peer requests of this download, over all its peers. The driver caps
+    /// peer requests node-wide too, and a request the scheduler sends past that cap
+    /// waits there for a slot with its peer and chunk already chosen.
+    pub max_peer_requests: usize,
     /// Outstanding origin requests of this node when it downloads alone.
     pub max_origin_requests: usize,
     /// Outstanding origin requests when other nodes download the blob too (a cold
@@ -124,6 +128,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             max_requests_per_peer: 4,
+            max_peer_requests: usize::MAX,
             max_origin_requests: 4,
             shared_origin_requests: 1,
             request_timeout: Duration::from_secs(15),
@@ -386,6 +391,12 @@ impl Scheduler {
             self.present += 1;
             self.advance_cursor();
         }
+    }
+
+    /// Changes [`Config::max_peer_requests`]: the driver shares the node-wide cap out
+    /// over the downloads running at the time. Requests already sent stay.
+    pub fn set_max_peer_requests(&mut self, n: usize) {
+        self.config.max_peer_requests = n.max(1);
     }
 
     /// The chunk index became known (fetched from a complete peer).

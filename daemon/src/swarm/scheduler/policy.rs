@@ -69,7 +69,11 @@ impl Scheduler {
         } else {
             Vec::new()
         };
+        let mut outstanding: usize = self.peers.values().map(|st| st.in_flight).sum();
         for peer in order {
+            if outstanding >= self.config.max_peer_requests {
+                break;
+            }
             let from_seed = share_seeds && self.peers[&peer].seed;
             let depth = {
                 let s = self.peers[&peer].score;
@@ -77,7 +81,8 @@ impl Scheduler {
                 ((self.config.max_requests_per_peer as f64 * share).round() as usize)
                     .clamp(1, self.config.max_requests_per_peer)
             };
-            while self.peers[&peer].in_flight < depth {
+            while self.peers[&peer].in_flight < depth && outstanding < self.config.max_peer_requests
+            {
                 let candidates = missing.iter().copied().filter(|&c| {
                     self.peers[&peer].chunks[c as usize]
                         && !self.in_flight.contains_key(&c)
@@ -96,6 +101,7 @@ impl Scheduler {
                 let pick = pick.or_else(|| self.endgame_pick(peer, missing));
                 let Some(chunk) = pick else { break };
                 self.send(now, Source::Peer(peer), chunk);
+                outstanding += 1;
             }
         }
     }

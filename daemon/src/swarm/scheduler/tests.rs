@@ -1044,3 +1044,44 @@ fn downloaders_share_a_seed_instead_of_each_taking_everything_from_it() {
         w.seed_uploads
     );
 }
+
+#[test]
+fn peer_requests_stay_within_the_download_share() {
+    let peers: Vec<NodeId> = (1..=5).map(NodeId).collect();
+    let mut s = Scheduler::new(
+        ME,
+        layout(20),
+        true,
+        Config {
+            max_requests_per_peer: 1,
+            max_peer_requests: 2,
+            ..seeds_only()
+        },
+    );
+    let bitfields = peers.iter().map(|&peer| Event::PeerBitfield {
+        peer,
+        chunks: vec![true; 20],
+        downloading: false,
+    });
+    let first = requests(&s.handle_batch(ms(0), bitfields));
+    assert_eq!(first.len(), 2, "{first:?}");
+
+    // The share grows when other downloads end: the next event fills it.
+    s.set_max_peer_requests(4);
+    let more = requests(&s.handle(ms(10), Event::Tick));
+    assert_eq!(more.len(), 2, "{more:?}");
+    let asked: HashSet<Source> = first.iter().chain(&more).map(|(src, _)| *src).collect();
+    assert_eq!(asked.len(), 4, "one request per peer: {first:?} {more:?}");
+
+    // An arrival frees one place, and only one request replaces it.
+    let (source, chunk) = first[0];
+    let after = s.handle(
+        ms(20),
+        Event::ChunkArrived {
+            source,
+            chunk,
+            valid: true,
+        },
+    );
+    assert_eq!(requests(&after).len(), 1, "{after:?}");
+}
