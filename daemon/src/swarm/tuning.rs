@@ -57,8 +57,9 @@ fn origin_requests_alone(chunk_size: u32) -> usize {
 /// has the excess wait for the node-wide cap with peer and chunk already chosen: when
 /// a slot frees, the chunk may be held by faster or idler peers, and meanwhile no
 /// other peer is asked for it. Simulated cold starts, 512 MiB in 4 layers (a share of
-/// 3; benches/RESULTS.md): 33 nodes 1.29x -> 1.23x T_limit, 200 nodes 1.42x -> 1.33x;
-/// a share of 2 (8 in all) was worse, 4 or 6 no better. The driver updates it as
+/// 3; benches/RESULTS.md): 33 nodes 1.29x -> 1.23x T_limit, 200 nodes 1.42x -> 1.33x,
+/// 1000 nodes 1.61x -> 1.54x (warm: better at 100 and 200 nodes, 0.03-0.06 worse at
+/// 33); a share of 2 (8 in all) was worse, 4 or 6 no better. The driver updates it as
 /// downloads start and end.
 pub fn peer_requests_per_download(concurrent: usize) -> usize {
     MAX_PEER_REQUESTS.div_ceil(concurrent.max(1))

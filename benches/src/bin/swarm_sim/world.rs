@@ -9,7 +9,8 @@
 //! driver and the transfer endpoint add around the scheduler is modelled too: the 500 ms
 //! settle before a download starts, links to at most `links` random providers per node
 //! (incoming links accepted, as in the driver), the node-wide cap of `peer_cap` peer
-//! requests in flight (excess requests wait), `upload_slots` uploads per node with
+//! requests in flight (excess requests wait) and each download's share of it (the
+//! driver's `peer_requests_per_download`), `upload_slots` uploads per node with
 //! requests refused (Busy) after waiting `upload_queue_wait`, and a Tick every 500 ms (the
 //! driver ticks every 200 ms; ticks only drive timeouts and grace periods).
 //! Rates are approximately max-min fair (see [`allocate`]). Not modelled: CPU (the
