@@ -26,8 +26,8 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use rand::RngCore as _;
 use shoal_proto::wire::{self, Message, RejectReason};
 use shoal_proto::{ChunkLayout, Digest};
-use tokio::sync::Semaphore;
 
+use self::slots::UploadSlots;
 use super::rate::RateLimit;
 use super::NetError;
 use crate::store::Store;
@@ -99,7 +99,7 @@ pub struct Transfer {
     keypair: Keypair,
     options: TransferOptions,
     store: Arc<Store>,
-    uploads: Semaphore,
+    uploads: UploadSlots,
     upload_rate: RateLimit,
     download_rate: Arc<RateLimit>,
     connections: std::sync::Mutex<std::collections::HashMap<PeerId, Arc<PeerConnection>>>,
@@ -216,7 +216,7 @@ impl Transfer {
             context: format!("binding transfer endpoint {addr}"),
             source,
         })?;
-        let uploads = Semaphore::new(options.max_uploads.max(1));
+        let uploads = UploadSlots::new(options.max_uploads);
         let transfer = Arc::new(Transfer {
             endpoint,
             keypair,
@@ -245,12 +245,12 @@ impl Transfer {
     pub async fn drain(&self, within: Duration) {
         self.draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let slots = self.options.max_uploads.max(1);
-        let in_flight = slots - self.uploads.available_permits();
+        self.uploads.close();
+        let in_flight = self.uploads.in_use();
         if in_flight > 0 {
             tracing::info!(in_flight, "waiting for in-flight uploads to finish");
         }
-        match tokio::time::timeout(within, self.uploads.acquire_many(slots as u32)).await {
+        match tokio::time::timeout(within, self.uploads.idle()).await {
             Ok(_) => tracing::info!(in_flight, "uploads drained"),
             Err(_) => tracing::warn!(
                 within_secs = within.as_secs(),
@@ -607,9 +607,10 @@ impl Transfer {
             return Ok(());
         }
         // Queue for a slot for a while: an immediate Busy makes requesters retry in a
-        // tight loop; past the wait they are better off asking someone else.
-        let permit = tokio::time::timeout(UPLOAD_QUEUE_WAIT, self.uploads.acquire()).await;
-        let Ok(Ok(_permit)) = permit else {
+        // tight loop; past the wait they are better off asking someone else. The queue
+        // is ordered by how often this node has sent each chunk (`slots`).
+        let permit = self.uploads.acquire(digest, chunk, UPLOAD_QUEUE_WAIT).await;
+        let Some(_permit) = permit else {
             write_message(&mut send, &reject(RejectReason::Busy)).await?;
             let _ = send.finish();
             return Ok(());
@@ -686,6 +687,7 @@ mod fault {
 }
 
 mod peer;
+mod slots;
 
 pub use peer::{PeerConnection, PeerLink};
 
