@@ -74,6 +74,10 @@ struct Args {
     /// (the daemon's `UPLOAD_QUEUE_WAIT`).
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     upload_queue_wait: Duration,
+    /// Which waiting request an uploader admits to a free slot (the daemon's:
+    /// least-served).
+    #[arg(long, value_enum, default_value = "least-served")]
+    upload_order: world::UploadOrder,
     /// Override the stream window, in chunks (exploration).
     #[arg(long)]
     stream_window: Option<u32>,
@@ -160,6 +164,7 @@ fn main() -> Result<()> {
                     .unwrap_or(shoal_daemon::swarm::MAX_PEER_REQUESTS),
                 upload_slots: args.upload_slots.max(1),
                 upload_queue_wait: args.upload_queue_wait,
+                upload_order: args.upload_order,
                 step: args.step,
                 settle: Duration::from_millis(500),
                 seed: args.seed,

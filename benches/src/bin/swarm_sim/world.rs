@@ -11,7 +11,8 @@
 //! (incoming links accepted, as in the driver), the node-wide cap of `peer_cap` peer
 //! requests in flight (excess requests wait) and each download's share of it (the
 //! driver's `peer_requests_per_download`), `upload_slots` uploads per node with
-//! requests refused (Busy) after waiting `upload_queue_wait`, and a Tick every 500 ms (the
+//! requests refused (Busy) after waiting `upload_queue_wait`, a free slot going to the
+//! waiting request for the chunk the node has uploaded least (`upload_order`), and a Tick every 500 ms (the
 //! driver ticks every 200 ms; ticks only drive timeouts and grace periods).
 //! Rates are approximately max-min fair (see [`allocate`]). Not modelled: CPU (the
 //! emulation's 2 vCPUs saturate at 8 nodes), TCP/QUIC congestion dynamics, the DHT's
@@ -44,6 +45,7 @@ pub struct Params {
     pub upload_slots: usize,
     /// How long a request waits for an upload slot before it is refused (Busy).
     pub upload_queue_wait: Duration,
+    pub upload_order: UploadOrder,
     pub step: Duration,
     pub settle: Duration,
     pub seed: u64,
@@ -81,6 +83,18 @@ pub enum Gossip {
     /// Every second, every node is told the full set of downloading nodes: the upper
     /// bound any membership protocol could reach.
     Global,
+}
+
+/// Which waiting request an uploader admits to a free slot (`--upload-order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UploadOrder {
+    /// First come, first served (the daemon before session 10).
+    Fifo,
+    /// The request for the chunk this node has uploaded the fewest times, then first
+    /// come (the daemon's `net::transfer` upload slots).
+    LeastServed,
+    /// As `least-served` on a node that holds the whole model (a seed), FIFO elsewhere.
+    SeedLeastServed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,6 +335,15 @@ pub fn run(p: &Params) -> Outcome {
     let mut down_share = vec![0.0; total_nodes];
     let slot = |e: Endpoint| slot_of(e, total_nodes);
     let mut next_trace = t;
+    // Times each node has begun uploading each chunk ([`UploadOrder`]).
+    let mut served: Vec<Vec<Vec<u32>>> = (0..total_nodes)
+        .map(|_| {
+            layouts
+                .iter()
+                .map(|l| vec![0; l.count() as usize])
+                .collect()
+        })
+        .collect();
 
     while t < p.limit.as_secs_f64() && nodes[..p.nodes].iter().any(|n| n.finished_at.is_none()) {
         // 1. Schedulers with news act on it.
@@ -468,10 +491,6 @@ pub fn run(p: &Params) -> Outcome {
                 }
             }
         }
-        if let Some(every) = p.trace.filter(|_| t >= next_trace) {
-            next_trace += every;
-            trace_line(t, &nodes[..p.nodes], &flows, &out, &layouts);
-        }
         // 2. Senders admit waiting requests to free upload slots; refuse the stale ones.
         let mut busy = vec![0usize; total_nodes];
         for f in flows.iter().filter(|f| f.admitted) {
@@ -480,6 +499,35 @@ pub fn run(p: &Params) -> Outcome {
             }
         }
         let wait = p.upload_queue_wait.as_secs_f64();
+        if p.upload_order != UploadOrder::Fifo {
+            // Waiting requests per uploader, best first; admit while slots are free.
+            let mut waiting: Vec<(usize, u32, u64, usize)> = flows
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| !f.admitted && f.starts <= t)
+                .filter_map(|(k, f)| match f.src {
+                    Endpoint::Node(n) if busy[n] < p.upload_slots => {
+                        let ordered = p.upload_order == UploadOrder::LeastServed
+                            || nodes[n].done.iter().all(|d| *d);
+                        let count = if ordered {
+                            served[n][f.blob][f.chunk as usize]
+                        } else {
+                            0
+                        };
+                        Some((n, count, (f.starts * 1e9) as u64, k))
+                    }
+                    _ => None,
+                })
+                .collect();
+            waiting.sort_unstable();
+            for (n, _, _, k) in waiting {
+                if busy[n] < p.upload_slots {
+                    busy[n] += 1;
+                    flows[k].admitted = true;
+                    served[n][flows[k].blob][flows[k].chunk as usize] += 1;
+                }
+            }
+        }
         let mut k = 0;
         while k < flows.len() {
             let f = &mut flows[k];
@@ -491,9 +539,10 @@ pub fn run(p: &Params) -> Outcome {
                 k += 1;
                 continue;
             };
-            if busy[n] < p.upload_slots {
+            if p.upload_order == UploadOrder::Fifo && busy[n] < p.upload_slots {
                 busy[n] += 1;
                 f.admitted = true;
+                served[n][f.blob][f.chunk as usize] += 1;
                 k += 1;
             } else if t - f.starts >= wait {
                 let f = flows.swap_remove(k);
@@ -526,6 +575,15 @@ pub fn run(p: &Params) -> Outcome {
             &mut down_share,
             total_nodes,
         );
+        if let Some(every) = p.trace.filter(|_| t >= next_trace) {
+            next_trace += every;
+            let mut usage = LinkUsage::measure(&flows, &rates, &caps, p.node_rate, seed_node);
+            usage.seed_sent = seed_node.map(|s| {
+                let sent: usize = served[s].iter().flatten().filter(|c| **c > 0).count();
+                sent as f64 / served[s].iter().map(Vec::len).sum::<usize>().max(1) as f64
+            });
+            trace_line(t, &nodes[..p.nodes], &flows, &out, &layouts, &usage);
+        }
         let mut k = 0;
         while k < flows.len() {
             let f = &mut flows[k];
@@ -589,8 +647,57 @@ fn layer_salt(seed: u64, layer: usize) -> u64 {
     (seed ^ 0x5EED).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ layer as u64
 }
 
+/// How full the links are at one step, for `--trace`: shares of capacity.
+struct LinkUsage {
+    origin_up: f64,
+    /// The warm scenario's seed.
+    seed_up: Option<f64>,
+    /// Share of the model's chunks the seed has sent at least once.
+    seed_sent: Option<f64>,
+    /// Mean over the downloading nodes.
+    nodes_up: f64,
+    nodes_down: f64,
+}
+
+impl LinkUsage {
+    fn measure(
+        flows: &[Flow],
+        rates: &[f64],
+        caps: &[f64],
+        node_rate: f64,
+        seed_node: Option<usize>,
+    ) -> LinkUsage {
+        let total_nodes = caps.len() - 1;
+        let mut up = vec![0.0; caps.len()];
+        let mut down = vec![0.0; total_nodes];
+        for (f, r) in flows.iter().zip(rates) {
+            up[slot_of(f.src, total_nodes)] += r;
+            down[f.dst] += r;
+        }
+        let downloaders: Vec<usize> = (0..total_nodes).filter(|&i| Some(i) != seed_node).collect();
+        let mean = |v: &[f64]| {
+            downloaders.iter().map(|&i| v[i]).sum::<f64>()
+                / (downloaders.len().max(1) as f64 * node_rate)
+        };
+        LinkUsage {
+            origin_up: up[total_nodes] / caps[total_nodes],
+            seed_up: seed_node.map(|s| up[s] / caps[s]),
+            seed_sent: None,
+            nodes_up: mean(&up),
+            nodes_down: mean(&down),
+        }
+    }
+}
+
 /// One line of `--trace`: how far the swarm is and where its requests are.
-fn trace_line(t: f64, nodes: &[Node], flows: &[Flow], out: &Outcome, layouts: &[ChunkLayout]) {
+fn trace_line(
+    t: f64,
+    nodes: &[Node],
+    flows: &[Flow],
+    out: &Outcome,
+    layouts: &[ChunkLayout],
+    usage: &LinkUsage,
+) {
     let model: u64 = layouts.iter().map(|l| l.size).sum();
     let chunks: usize = layouts.iter().map(|l| l.count() as usize).sum();
     let held: usize = nodes
@@ -635,8 +742,15 @@ fn trace_line(t: f64, nodes: &[Node], flows: &[Flow], out: &Outcome, layouts: &[
         .enumerate()
         .filter(|(i, n)| n.finished_at.is_none() && !flows.iter().any(|f| f.dst == *i))
         .count();
+    let seed_up = usage
+        .seed_up
+        .map_or(String::new(), |u| format!("  seed up {:3.0}%", 100.0 * u));
+    let seed_up = match usage.seed_sent {
+        Some(sent) => format!("{seed_up} (sent {:5.1}% of chunks)", 100.0 * sent),
+        None => seed_up,
+    };
     eprintln!(
-        "t {t:7.1}  done {:4}/{}  held {:5.1}%  origin {:6.3}x  origin flows {:4} (to {:4} nodes)  peer flows {:5} + {:5} queued  idle nodes {:4}  uploading nodes {:4}",
+        "t {t:7.1}  done {:4}/{}  held {:5.1}%  origin {:6.3}x  origin flows {:4} (to {:4} nodes)  peer flows {:5} + {:5} queued  idle nodes {:4}  uploading nodes {:4}  use: origin {:3.0}%{seed_up}  nodes up {:3.0}% down {:3.0}%",
         nodes.iter().filter(|n| n.finished_at.is_some()).count(),
         nodes.len(),
         100.0 * held as f64 / (chunks * nodes.len()).max(1) as f64,
@@ -647,5 +761,8 @@ fn trace_line(t: f64, nodes: &[Node], flows: &[Flow], out: &Outcome, layouts: &[
         peer_queued,
         idle,
         uploaders.len(),
+        100.0 * usage.origin_up,
+        100.0 * usage.nodes_up,
+        100.0 * usage.nodes_down,
     );
 }
