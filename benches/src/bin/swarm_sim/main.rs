@@ -84,6 +84,10 @@ struct Args {
     /// Override the scheduler's origin frontier, in chunks (exploration; 0: none).
     #[arg(long)]
     origin_frontier: Option<u32>,
+    /// Override the interested nodes from which the origin frontier doubles
+    /// (exploration; the daemon's `LARGE_SWARM`).
+    #[arg(long)]
+    large_swarm: Option<usize>,
     /// How nodes learn of downloaders beyond their own links.
     #[arg(long, value_enum, default_value = "on")]
     gossip: world::Gossip,
@@ -108,6 +112,9 @@ fn config(args: &Args) -> shoal_daemon::swarm::scheduler::Config {
     }
     if let Some(n) = args.stream_window {
         c.stream_window = n;
+    }
+    if let Some(n) = args.large_swarm {
+        c.large_swarm = n;
     }
     // All layers start at once here, as the blobs of one pull do in the daemon.
     c.origin_frontier = args

@@ -114,6 +114,12 @@ pub struct Config {
     /// counting positions instead held owners back in waves (simulated 1000 nodes cold:
     /// 1.93x -> 1.76x T_limit). 0: no limit.
     pub origin_frontier: u32,
+    /// Live interested nodes (gossip included) from which the origin frontier doubles.
+    /// The more nodes, the longer a chunk takes from its owner to the rest of an owner's
+    /// neighbourhood, and the frontier waits for that: at a thousand nodes a frontier of
+    /// 4 per blob kept 2-6 origin ranges running, the origin 65-72 % busy.
+    /// `usize::MAX`: never.
+    pub large_swarm: usize,
     /// How long a peer that sent bad bytes is ignored.
     pub ban_period: Duration,
     /// Chunks after the in-order cursor that take precedence over rarest-first.
@@ -135,6 +141,7 @@ impl Default for Config {
             assignment_grace: Duration::from_secs(5),
             membership_wait: Duration::from_secs(1),
             origin_frontier: 0,
+            large_swarm: usize::MAX,
             ban_period: Duration::from_secs(600),
             stream_window: 2,
             endgame_sources: 2,

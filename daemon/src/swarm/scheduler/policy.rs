@@ -127,6 +127,11 @@ impl Scheduler {
     fn schedule_origin(&mut self, now: Duration, missing: &[u32], interested: Vec<NodeId>) {
         let everything = self.origin_only || self.stalled(now);
         let shared = interested.len() > 1;
+        let frontier = if interested.len() >= self.config.large_swarm {
+            self.config.origin_frontier.saturating_mul(2)
+        } else {
+            self.config.origin_frontier
+        };
         if shared && !everything && !self.membership_known(now) {
             return;
         }
@@ -149,14 +154,14 @@ impl Scheduler {
                 .update(interested, self.me, self.chunks.len(), self.salt)
                 .to_vec()
         };
-        let frontier_end = if shared && !everything && self.config.origin_frontier > 0 {
+        let frontier_end = if shared && !everything && frontier > 0 {
             // Counted in chunks nobody linked holds, not in positions: chunks above the
             // frontier that came from elsewhere in the swarm do not narrow the window.
             missing
                 .iter()
                 .copied()
                 .filter(|&c| !held_by_peer[c as usize])
-                .nth(self.config.origin_frontier as usize)
+                .nth(frontier as usize)
                 .unwrap_or(u32::MAX)
         } else {
             u32::MAX

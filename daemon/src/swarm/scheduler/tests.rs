@@ -717,10 +717,19 @@ fn first_origin_request_waits_for_the_linked_downloaders_lists() {
 /// linked downloader (2) that holds `peer_has` and lists both as interested. Returns the
 /// scheduler and its first actions.
 fn frontier_start(peer_has: impl Fn(u32) -> bool) -> (Scheduler, Vec<Action>) {
+    frontier_start_with(usize::MAX, peer_has)
+}
+
+/// [`frontier_start`] with [`Config::large_swarm`] set.
+fn frontier_start_with(
+    large_swarm: usize,
+    peer_has: impl Fn(u32) -> bool,
+) -> (Scheduler, Vec<Action>) {
     let (me, p) = (NodeId(1), NodeId(2));
     let chunks = 32u32;
     let cfg = Config {
         origin_frontier: 4,
+        large_swarm,
         shared_origin_requests: chunks as usize,
         ..Config::default()
     };
@@ -806,6 +815,21 @@ fn the_origin_frontier_counts_only_chunks_nobody_linked_holds() {
     );
     // Positions 0..4 would have allowed chunk 0 at most.
     assert!(origin.iter().any(|&c| c >= 12), "{origin:?}");
+}
+
+#[test]
+fn a_large_swarm_doubles_the_origin_frontier() {
+    // Two interested nodes count as large here: the window is the eight lowest chunks.
+    let (me, p) = (NodeId(1), NodeId(2));
+    let mine = |c: u32| rendezvous_owner(&[me, p], c, 0) == me;
+    for (large_swarm, window) in [(usize::MAX, 4), (3, 4), (2, 8)] {
+        let (_, first) = frontier_start_with(large_swarm, |_| false);
+        assert_eq!(
+            origin_requests(&first),
+            (0..window).filter(|&c| mine(c)).collect::<Vec<_>>(),
+            "large_swarm {large_swarm}"
+        );
+    }
 }
 
 /// A tiny discrete-event world: N schedulers, an origin, fixed transfer delays.
