@@ -82,6 +82,36 @@ impl State {
     }
 }
 
+/// A request waiting in the queue. Dropped with its request (the stream or task ended,
+/// or the wait ran out), it leaves the queue and passes on a slot handed to it that it
+/// will not use, so a cancelled request cannot leak a slot.
+struct Queued<'a> {
+    slots: &'a UploadSlots,
+    seq: u64,
+    woken: oneshot::Receiver<()>,
+}
+
+impl Queued<'_> {
+    /// Leaves the queue; true when a slot was handed over first (it is this request's).
+    fn leave(&mut self) -> bool {
+        let mut st = self.slots.lock();
+        if let Some(pos) = st.waiters.iter().position(|w| w.seq == self.seq) {
+            st.waiters.remove(pos);
+            return false;
+        }
+        drop(st);
+        self.woken.try_recv().is_ok()
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if self.leave() {
+            self.slots.release();
+        }
+    }
+}
+
 /// One upload slot, held until dropped.
 pub(crate) struct UploadPermit<'a> {
     slots: &'a UploadSlots,
@@ -118,7 +148,7 @@ impl UploadSlots {
         chunk: u32,
         wait: Duration,
     ) -> Option<UploadPermit<'_>> {
-        let (seq, mut woken) = {
+        let mut queued = {
             let mut st = self.lock();
             if st.closed {
                 return None;
@@ -137,22 +167,18 @@ impl UploadSlots {
                 chunk,
                 wake,
             });
-            (seq, woken)
-        };
-        match tokio::time::timeout(wait, &mut woken).await {
-            Ok(Ok(())) => Some(UploadPermit { slots: self }),
-            Ok(Err(_)) => None, // closed
-            Err(_) => {
-                let mut st = self.lock();
-                if let Some(pos) = st.waiters.iter().position(|w| w.seq == seq) {
-                    st.waiters.remove(pos);
-                    return None;
-                }
-                drop(st);
-                // Handed a slot as the wait ended: it is this request's now.
-                woken.try_recv().ok().map(|()| UploadPermit { slots: self })
+            Queued {
+                slots: self,
+                seq,
+                woken,
             }
-        }
+        };
+        let handed = match tokio::time::timeout(wait, &mut queued.woken).await {
+            Ok(woken) => woken.is_ok(), // an error: closed
+            Err(_) => queued.leave(),
+        };
+        // Not `then_some`: a permit built and dropped would release a slot.
+        handed.then(|| UploadPermit { slots: self })
     }
 
     /// Passes a finished upload's slot to the best waiting request, or frees it.
@@ -254,6 +280,23 @@ mod tests {
         }
         // 5 and 7 were never uploaded, 5 asked first; chunk 0 (twice before) is last.
         assert_eq!(got, [Some(5), Some(7), Some(0)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_cancelled_after_it_was_handed_a_slot_passes_it_on() {
+        let slots = Arc::new(UploadSlots::new(1));
+        let held = slots.acquire(digest(6), 0, WAIT).await;
+        let waiter = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.acquire(digest(6), 1, WAIT).await.is_some() })
+        };
+        tokio::task::yield_now().await;
+        // The slot is handed to the waiter, whose task ends before it can take it.
+        drop(held);
+        waiter.abort();
+        assert!(waiter.await.is_err(), "aborted before it ran again");
+        assert_eq!(slots.in_use(), 0, "the slot was passed on, not leaked");
+        assert!(slots.acquire(digest(6), 2, Duration::ZERO).await.is_some());
     }
 
     #[tokio::test(start_paused = true)]
