@@ -12,8 +12,9 @@
 //! requests in flight (excess requests wait) and each download's share of it (the
 //! driver's `peer_requests_per_download`), `upload_slots` uploads per node with
 //! requests refused (Busy) after waiting `upload_queue_wait`, a free slot going to the
-//! waiting request for the chunk the node has uploaded least (`upload_order`), and a Tick every 500 ms (the
-//! driver ticks every 200 ms; ticks only drive timeouts and grace periods).
+//! waiting request for the chunk the node has uploaded least (`upload_order`), and a
+//! Tick every 500 ms (the driver ticks every 200 ms; ticks only drive timeouts and
+//! grace periods).
 //! Rates are approximately max-min fair (see [`allocate`]). Not modelled: CPU (the
 //! emulation's 2 vCPUs saturate at 8 nodes), TCP/QUIC congestion dynamics, the DHT's
 //! discovery delay, manifest and config fetches, the client's 3-blobs-at-a-time order.
@@ -577,11 +578,7 @@ pub fn run(p: &Params) -> Outcome {
         );
         if let Some(every) = p.trace.filter(|_| t >= next_trace) {
             next_trace += every;
-            let mut usage = LinkUsage::measure(&flows, &rates, &caps, p.node_rate, seed_node);
-            usage.seed_sent = seed_node.map(|s| {
-                let sent: usize = served[s].iter().flatten().filter(|c| **c > 0).count();
-                sent as f64 / served[s].iter().map(Vec::len).sum::<usize>().max(1) as f64
-            });
+            let usage = LinkUsage::measure(&flows, &rates, &caps, p.node_rate, seed_node, &served);
             trace_line(t, &nodes[..p.nodes], &flows, &out, &layouts, &usage);
         }
         let mut k = 0;
@@ -666,6 +663,7 @@ impl LinkUsage {
         caps: &[f64],
         node_rate: f64,
         seed_node: Option<usize>,
+        served: &[Vec<Vec<u32>>],
     ) -> LinkUsage {
         let total_nodes = caps.len() - 1;
         let mut up = vec![0.0; caps.len()];
@@ -682,7 +680,10 @@ impl LinkUsage {
         LinkUsage {
             origin_up: up[total_nodes] / caps[total_nodes],
             seed_up: seed_node.map(|s| up[s] / caps[s]),
-            seed_sent: None,
+            seed_sent: seed_node.map(|s| {
+                let sent = served[s].iter().flatten().filter(|c| **c > 0).count();
+                sent as f64 / served[s].iter().map(Vec::len).sum::<usize>().max(1) as f64
+            }),
             nodes_up: mean(&up),
             nodes_down: mean(&down),
         }
