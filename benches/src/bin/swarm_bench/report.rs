@@ -62,9 +62,15 @@ pub fn row(r: &ScenarioResult) -> String {
     )
 }
 
-pub fn markdown(args: &RunArgs, model_bytes: u64, rate: f64, results: &[ScenarioResult]) -> String {
+pub fn markdown(
+    args: &RunArgs,
+    model_bytes: u64,
+    rate: f64,
+    stores: &str,
+    results: &[ScenarioResult],
+) -> String {
     let mut s = format!(
-        "Model {:.0} MiB ({} weight layers + config + 2 doc layers), {} nodes, every link {} ({:.1} MB/s), chunk size {}. T_limit = model / link rate = {:.1} s.\n\n",
+        "Model {:.0} MiB ({} weight layers + config + 2 doc layers), {} nodes, every link {} ({:.1} MB/s), chunk size {}. T_limit = model / link rate = {:.1} s. Registry and stores on {stores}.\n\n",
         model_bytes as f64 / 1048576.0,
         args.layers,
         args.nodes,
@@ -151,4 +157,21 @@ pub fn svg(results: &[ScenarioResult]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// The mount point and file-system type holding `path` (from `/proc/mounts`), for the
+/// report: every emulated node's store shares it.
+pub fn file_system_of(path: &std::path::Path) -> String {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, dir, fs) = (fields.next()?, fields.next()?, fields.next()?);
+            path.starts_with(dir)
+                .then(|| (dir.len(), format!("{dir} ({fs})")))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map_or_else(|| path.display().to_string(), |(_, m)| m)
 }

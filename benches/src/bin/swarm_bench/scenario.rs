@@ -43,6 +43,11 @@ pub struct RunArgs {
     /// An extra shoald flag for every node, repeatable: `--shoald-arg=--max-uploads=16`.
     #[arg(long, allow_hyphen_values = true)]
     pub shoald_arg: Vec<String>,
+    /// Where the registry's storage and every node's store go (default: `$TMPDIR`).
+    /// Every emulated node writes to this one file system, which real nodes do not
+    /// share: `/dev/shm` takes the shared disk out of the measurement.
+    #[arg(long)]
+    pub store_dir: Option<PathBuf>,
 }
 
 struct Daemon {
@@ -149,7 +154,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     std::fs::create_dir_all(args.out.join("logs"))?;
     let net = Network::build(args.nodes, &args.rate)
         .context("building the emulated network (root needed)")?;
-    let work = tempfile::tempdir()?;
+    let work = match &args.store_dir {
+        Some(dir) => tempfile::tempdir_in(dir)
+            .with_context(|| format!("creating a work folder in {}", dir.display()))?,
+        None => tempfile::tempdir()?,
+    };
     std::fs::write(work.path().join("secret"), "swarm-bench secret\n")?;
     let registry = start_registry(&net.origin, work.path())?;
     let model_bytes = push_model(&net.origin, &args)?;
@@ -172,7 +181,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         results.push(r);
     }
     drop(registry);
-    let md = report::markdown(&args, model_bytes, rate, &results);
+    let stores = report::file_system_of(bench.work.path());
+    let md = report::markdown(&args, model_bytes, rate, &stores, &results);
     std::fs::write(args.out.join("results.md"), &md)?;
     std::fs::write(args.out.join("completion.svg"), report::svg(&results))?;
     println!("{md}");
