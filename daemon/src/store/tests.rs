@@ -253,3 +253,109 @@ fn pins_hold_shared_blobs_until_the_last_pin_goes_and_gc_respects_them() {
     assert_eq!(store.pins().unwrap().len(), 1);
     assert!(store.gc(0, false).unwrap().is_empty());
 }
+
+/// A file's page-cache pages, as `cachestat(2)` (Linux 6.5) counts them.
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod write_behind {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Default, Debug)]
+    struct CacheStat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+
+    const SYS_CACHESTAT: libc::c_long = 451;
+
+    fn dirty_pages(path: &std::path::Path) -> u64 {
+        let file = std::fs::File::open(path).unwrap();
+        let range = Range { off: 0, len: 0 };
+        let mut stat = CacheStat::default();
+        // SAFETY: cachestat reads `range` and writes `stat`, both live for the call.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_CACHESTAT,
+                file.as_raw_fd(),
+                &range as *const Range,
+                &mut stat as *mut CacheStat,
+                0,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "cachestat failed (needs Linux 6.5): {}",
+            std::io::Error::last_os_error()
+        );
+        assert!(stat.nr_cache > 0, "the file's pages are cached: {stat:?}");
+        stat.nr_dirty
+    }
+
+    /// A directory on a disk: tmpfs pages are always dirty, and write-behind is moot there.
+    fn disk_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+        let fs = unsafe {
+            let mut st: libc::statfs = std::mem::zeroed();
+            assert_eq!(libc::statfs(path.as_ptr(), &mut st), 0);
+            st.f_type
+        };
+        assert_ne!(
+            fs, 0x0102_1994,
+            "/var/tmp must be on a disk for this test, not tmpfs"
+        );
+        dir
+    }
+
+    /// Dirty pages of a 4 MiB blob's staging file once `write` has put every byte in.
+    fn dirty_after_writing(write: impl FnOnce(&mut crate::store::Ingest, &[u8])) -> u64 {
+        let dir = disk_dir();
+        let store = open(dir.path(), 0);
+        let bytes = data(CHUNK as usize * 64);
+        let d = digest_of(&bytes);
+        let mut ingest = store.begin_ingest(d, bytes.len() as u64, None).unwrap();
+        write(&mut ingest, &bytes);
+        let dirty = dirty_pages(&store.partial_path(&d));
+        ingest.commit().unwrap();
+        dirty
+    }
+
+    /// Without write-behind the kernel leaves fresh pages dirty for 30 s
+    /// (`vm.dirty_expire_centisecs`), and the commit's fsync writes them all at once.
+    #[test]
+    fn chunks_written_in_any_order_are_not_left_dirty() {
+        let dirty = dirty_after_writing(|ingest, bytes| {
+            for (i, chunk) in bytes.chunks(CHUNK as usize).enumerate().rev() {
+                ingest.write_chunk(i as u32, chunk, None).unwrap();
+            }
+        });
+        assert_eq!(dirty, 0);
+    }
+
+    #[test]
+    fn a_streamed_blob_is_not_left_dirty() {
+        let dirty = dirty_after_writing(|ingest, bytes| {
+            for piece in bytes.chunks(10_000) {
+                ingest.write(piece).unwrap();
+            }
+        });
+        assert_eq!(dirty, 0);
+    }
+}
