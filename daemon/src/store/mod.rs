@@ -8,9 +8,11 @@
 //! ```
 //!
 //! A blob is written to `partial/`, hashed on the way in (sha256 of the whole, BLAKE3 of
-//! every chunk) and renamed into `blobs/` only when its sha256 matches the digest. The
-//! sidecar makes the sled index disposable: [`Store::open`] reconciles the index with
-//! the files, so deleting `index/` (or sled corrupting it) loses nothing committed.
+//! every chunk) and renamed into `blobs/` only when its sha256 matches the digest. Each
+//! finished chunk is handed to the disk at once (write-behind), so the fsync before the
+//! rename has little left to write. The sidecar makes the sled index disposable:
+//! [`Store::open`] reconciles the index with the files, so deleting `index/` (or sled
+//! corrupting it) loses nothing committed.
 //! Partial blobs keep their per-chunk BLAKE3 hashes in sled, so a restart resumes from
 //! the chunks that are present and still hash right.
 
