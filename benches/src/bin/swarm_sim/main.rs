@@ -94,6 +94,10 @@ struct Args {
     /// Print the swarm's state to stderr every this many simulated seconds.
     #[arg(long, value_parser = humantime::parse_duration)]
     trace: Option<Duration>,
+    /// Layers each node pulls at once, in order, the next as one completes, as a client
+    /// does (containerd: 3); default: every layer from the start.
+    #[arg(long)]
+    client_parallel: Option<usize>,
     /// Stop a run after this much simulated time.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     limit: Duration,
@@ -180,6 +184,7 @@ fn main() -> Result<()> {
                 limit: args.limit,
                 gossip: args.gossip,
                 trace: args.trace.map(|d| d.as_secs_f64()),
+                client_parallel: args.client_parallel.map(|n| n.max(1)),
             };
             let started = Instant::now();
             let out = world::run(&params);

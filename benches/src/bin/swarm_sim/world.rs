@@ -15,9 +15,12 @@
 //! waiting request for the chunk the node has uploaded least (`upload_order`), and a
 //! Tick every 500 ms (the driver ticks every 200 ms; ticks only drive timeouts and
 //! grace periods).
-//! Rates are approximately max-min fair (see [`allocate`]). Not modelled: CPU (the
-//! emulation's 2 vCPUs saturate at 8 nodes), TCP/QUIC congestion dynamics, the DHT's
-//! discovery delay, manifest and config fetches, the client's 3-blobs-at-a-time order.
+//! Rates are approximately max-min fair (see [`allocate`]). Every layer starts at once
+//! unless `client_parallel` gives the client's order (containerd pulls 3 blobs at a
+//! time; a layer a node has not started yet is not linked for, as the daemon links only
+//! to a blob's providers). Not modelled: CPU (the emulation's 2 vCPUs saturate at 8
+//! nodes), TCP/QUIC congestion dynamics, the DHT's discovery delay, manifest and config
+//! fetches.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -60,6 +63,9 @@ pub struct Params {
     pub gossip: Gossip,
     /// Print a line of the swarm's state to stderr this often (simulated seconds).
     pub trace: Option<f64>,
+    /// Layers each node pulls at once, in order, the next when one completes (a client
+    /// such as containerd pulls 3 at a time); `None`: every layer from the start.
+    pub client_parallel: Option<usize>,
 }
 
 /// What happened.
@@ -121,6 +127,9 @@ struct Node {
     /// One scheduler per layer (`None` on the warm seed).
     scheds: Vec<Option<Scheduler>>,
     inbox: Vec<Vec<Event>>,
+    /// Layers the node's client has asked for: only those are downloaded, and only
+    /// nodes downloading or holding a layer are linked for it, as providers are.
+    started: Vec<bool>,
     done: Vec<bool>,
     finished_at: Option<f64>,
     peer_in_flight: usize,
@@ -282,6 +291,9 @@ pub fn run(p: &Params) -> Outcome {
                 })
                 .collect(),
             inbox: vec![Vec::new(); layouts.len()],
+            started: (0..layouts.len())
+                .map(|b| Some(i) == seed_node || p.client_parallel.is_none_or(|n| b < n))
+                .collect(),
             done: vec![Some(i) == seed_node; layouts.len()],
             finished_at: None,
             peer_in_flight: 0,
@@ -293,10 +305,14 @@ pub fn run(p: &Params) -> Outcome {
     // Everyone's first view, at the end of the settle: every link, with what it holds.
     for i in 0..p.nodes {
         for (b, layout) in layouts.iter().enumerate() {
+            if !nodes[i].started[b] {
+                continue;
+            }
             let count = layout.count() as usize;
             let events: Vec<Event> = nodes[i]
                 .links
                 .iter()
+                .filter(|&&l| nodes[l].started[b])
                 .map(|&l| Event::PeerBitfield {
                     peer: ids[l],
                     chunks: vec![Some(l) == seed_node; count],
@@ -357,6 +373,11 @@ pub fn run(p: &Params) -> Outcome {
         #[allow(clippy::needless_range_loop)]
         for i in 0..total_nodes {
             for b in 0..layouts.len() {
+                if !nodes[i].started[b] {
+                    // Not linked for this layer yet: it gets a fresh view when it starts.
+                    nodes[i].inbox[b].clear();
+                    continue;
+                }
                 if nodes[i].done[b] || (nodes[i].inbox[b].is_empty() && !tick) {
                     continue;
                 }
@@ -364,7 +385,9 @@ pub fn run(p: &Params) -> Outcome {
                 if tick {
                     events.push(Event::Tick);
                 }
-                let downloading = nodes[i].done.iter().filter(|d| !**d).count();
+                let downloading = (0..layouts.len())
+                    .filter(|&l| nodes[i].started[l] && !nodes[i].done[l])
+                    .count();
                 let Some(s) = nodes[i].scheds[b].as_mut() else {
                     continue;
                 };
@@ -441,7 +464,12 @@ pub fn run(p: &Params) -> Outcome {
                                     .insert((at, seq), (l, b, Event::PeerHave { peer: me, chunk }));
                             }
                         }
-                        Action::Complete => nodes[i].done[b] = true,
+                        Action::Complete => {
+                            nodes[i].done[b] = true;
+                            if p.client_parallel.is_some() {
+                                start_next_layer(&mut nodes, i, &layouts, seed_node);
+                            }
+                        }
                         Action::Abort { reason } => {
                             eprintln!("node {i} layer {b} aborted: {reason}");
                             nodes[i].done[b] = true;
@@ -476,10 +504,17 @@ pub fn run(p: &Params) -> Outcome {
         if p.gossip == Gossip::Global && t >= next_gossip {
             next_gossip += 1.0;
             for b in 0..layouts.len() {
-                let global: Vec<NodeId> =
-                    nodes.iter().filter(|n| !n.done[b]).map(|n| n.id).collect();
+                let global: Vec<NodeId> = nodes
+                    .iter()
+                    .filter(|n| n.started[b] && !n.done[b])
+                    .map(|n| n.id)
+                    .collect();
                 for (i, node) in nodes.iter().enumerate() {
-                    let Some(&l) = node.links.first().filter(|_| !node.done[b]) else {
+                    let Some(&l) = node
+                        .links
+                        .first()
+                        .filter(|_| node.started[b] && !node.done[b])
+                    else {
                         continue;
                     };
                     seq += 1;
@@ -637,6 +672,50 @@ pub fn run(p: &Params) -> Outcome {
         }
     }
     out
+}
+
+/// The client asks node `i` for its next layer: it links to the nodes that hold or
+/// download that layer (their state now), and those still downloading it learn of `i`.
+/// Messages take effect on the next step, close enough to the one-latency delay.
+fn start_next_layer(
+    nodes: &mut [Node],
+    i: usize,
+    layouts: &[ChunkLayout],
+    seed_node: Option<usize>,
+) {
+    let Some(b) = (0..layouts.len()).find(|&b| !nodes[i].started[b]) else {
+        return;
+    };
+    nodes[i].started[b] = true;
+    let count = layouts[b].count() as usize;
+    let me = nodes[i].id;
+    let links: Vec<usize> = nodes[i]
+        .links
+        .iter()
+        .copied()
+        .filter(|&l| nodes[l].started[b])
+        .collect();
+    let mut view = Vec::new();
+    for l in links {
+        let held: Vec<bool> = match &nodes[l].scheds[b] {
+            _ if nodes[l].done[b] || Some(l) == seed_node => vec![true; count],
+            Some(s) => (0..count as u32).map(|c| s.has_chunk(c)).collect(),
+            None => vec![true; count],
+        };
+        view.push(Event::PeerBitfield {
+            peer: nodes[l].id,
+            chunks: held,
+            downloading: !nodes[l].done[b],
+        });
+        if !nodes[l].done[b] {
+            nodes[l].inbox[b].push(Event::PeerBitfield {
+                peer: me,
+                chunks: vec![false; count],
+                downloading: true,
+            });
+        }
+    }
+    nodes[i].inbox[b] = view;
 }
 
 /// A layer's rendezvous salt (the daemon uses the digest's first bytes).
