@@ -163,6 +163,7 @@ impl Daemon {
             default_upstream: config.default_upstream.clone(),
             tag_ttl: config.tag_ttl,
             stale_if_error: config.stale_if_error,
+            prefetch_limit: config.prefetch,
         });
         let listener = tokio::net::TcpListener::bind(config.mirror_addr)
             .await

@@ -9,6 +9,7 @@ mod blobs;
 pub mod error;
 mod manifests;
 pub mod path;
+mod prefetch;
 pub mod range;
 
 use std::sync::Arc;
@@ -50,6 +51,9 @@ pub struct Mirror {
     pub tag_ttl: Duration,
     /// Serve the last known tag digest when the upstream is down.
     pub stale_if_error: bool,
+    /// Start a manifest's missing blobs when it is fetched, up to this many bytes
+    /// (0: off). See `prefetch.rs`.
+    pub prefetch_limit: u64,
 }
 
 /// The HTTP router: `/v2/...`, `/metrics`, `/healthz`.

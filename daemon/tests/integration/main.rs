@@ -10,6 +10,7 @@ mod crash;
 mod deploy;
 mod mirror_protocol;
 mod peers;
+mod prefetch;
 mod shared_download;
 mod shoal_cli;
 mod swarm;
