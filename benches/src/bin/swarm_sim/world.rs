@@ -138,6 +138,13 @@ struct Node {
     gossiped: Vec<Vec<NodeId>>,
 }
 
+impl Node {
+    /// Whether the node is downloading layer `b` now: its client asked, not yet done.
+    fn downloads(&self, b: usize) -> bool {
+        self.started[b] && !self.done[b]
+    }
+}
+
 fn slot_of(e: Endpoint, total_nodes: usize) -> usize {
     match e {
         Endpoint::Node(n) => n,
@@ -386,7 +393,7 @@ pub fn run(p: &Params) -> Outcome {
                     events.push(Event::Tick);
                 }
                 let downloading = (0..layouts.len())
-                    .filter(|&l| nodes[i].started[l] && !nodes[i].done[l])
+                    .filter(|&l| nodes[i].downloads(l))
                     .count();
                 let Some(s) = nodes[i].scheds[b].as_mut() else {
                     continue;
@@ -467,7 +474,7 @@ pub fn run(p: &Params) -> Outcome {
                         Action::Complete => {
                             nodes[i].done[b] = true;
                             if p.client_parallel.is_some() {
-                                start_next_layer(&mut nodes, i, &layouts, seed_node);
+                                start_next_layer(&mut nodes, i, &layouts);
                             }
                         }
                         Action::Abort { reason } => {
@@ -506,15 +513,11 @@ pub fn run(p: &Params) -> Outcome {
             for b in 0..layouts.len() {
                 let global: Vec<NodeId> = nodes
                     .iter()
-                    .filter(|n| n.started[b] && !n.done[b])
+                    .filter(|n| n.downloads(b))
                     .map(|n| n.id)
                     .collect();
                 for (i, node) in nodes.iter().enumerate() {
-                    let Some(&l) = node
-                        .links
-                        .first()
-                        .filter(|_| node.started[b] && !node.done[b])
-                    else {
+                    let Some(&l) = node.links.first().filter(|_| node.downloads(b)) else {
                         continue;
                     };
                     seq += 1;
@@ -677,12 +680,7 @@ pub fn run(p: &Params) -> Outcome {
 /// The client asks node `i` for its next layer: it links to the nodes that hold or
 /// download that layer (their state now), and those still downloading it learn of `i`.
 /// Messages take effect on the next step, close enough to the one-latency delay.
-fn start_next_layer(
-    nodes: &mut [Node],
-    i: usize,
-    layouts: &[ChunkLayout],
-    seed_node: Option<usize>,
-) {
+fn start_next_layer(nodes: &mut [Node], i: usize, layouts: &[ChunkLayout]) {
     let Some(b) = (0..layouts.len()).find(|&b| !nodes[i].started[b]) else {
         return;
     };
@@ -697,8 +695,8 @@ fn start_next_layer(
         .collect();
     let mut view = Vec::new();
     for l in links {
-        let held: Vec<bool> = match &nodes[l].scheds[b] {
-            _ if nodes[l].done[b] || Some(l) == seed_node => vec![true; count],
+        // A node done with the layer, or the seed (no scheduler), holds all of it.
+        let held: Vec<bool> = match nodes[l].scheds[b].as_ref().filter(|_| !nodes[l].done[b]) {
             Some(s) => (0..count as u32).map(|c| s.has_chunk(c)).collect(),
             None => vec![true; count],
         };
