@@ -116,11 +116,13 @@ pub struct Config {
     #[arg(long, env = "SHOAL_STALE_IF_ERROR", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
     pub stale_if_error: bool,
 
-    /// When a manifest is fetched, start downloading every blob it references that the
-    /// store lacks, if they total at most SIZE (e.g. `100GiB`; `0` = off). containerd
+    /// When a pull begins (a whole-blob GET of a layer of a manifest served in the last
+    /// 10 minutes), start downloading the image's other blobs that the store lacks, if
+    /// they total at most SIZE and fit the quota's free room (`0` = off). containerd
     /// pulls three layers at a time; this lets a model's later layers flow from the
-    /// first second. Off by default: a manifest GET is not always a pull.
-    #[arg(long, env = "SHOAL_PREFETCH", value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    /// first second. A manifest or config GET alone (`skopeo inspect`) and ranged reads
+    /// (lazy-pulling snapshotters) start nothing.
+    #[arg(long, env = "SHOAL_PREFETCH", value_name = "SIZE", default_value = "1TiB", value_parser = parse_size)]
     pub prefetch: u64,
 
     /// Timeout for connecting to an upstream and for each upstream read.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::control::{self, Control};
 use crate::metrics::Metrics;
+use crate::mirror::prefetch::Prefetch;
 use crate::mirror::{self, Mirror};
 use crate::store::{Store, StoreError};
 use crate::swarm::{Downloads, PeerNetwork};
@@ -163,7 +164,7 @@ impl Daemon {
             default_upstream: config.default_upstream.clone(),
             tag_ttl: config.tag_ttl,
             stale_if_error: config.stale_if_error,
-            prefetch_limit: config.prefetch,
+            prefetch: Prefetch::new(config.prefetch),
         });
         let listener = tokio::net::TcpListener::bind(config.mirror_addr)
             .await

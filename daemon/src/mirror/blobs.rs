@@ -24,6 +24,9 @@ pub(super) async fn serve(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let range_header = headers.get(RANGE).and_then(|v| v.to_str().ok());
+    if method == Method::GET && headers.get(RANGE).is_none() {
+        super::prefetch::blob_requested(m, target, &digest, client_auth(headers));
+    }
     if let Some((record, file)) = m
         .store
         .open_blob(&digest)

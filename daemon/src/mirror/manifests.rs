@@ -96,7 +96,7 @@ pub(super) async fn serve(
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
-        super::prefetch::start(m, target, &body, client_auth(headers));
+        super::prefetch::manifest_served(m, target, digest, &body);
         m.metrics.served_bytes.inc_by(body.len() as u64);
         Body::from(body)
     };

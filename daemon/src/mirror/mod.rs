@@ -9,7 +9,7 @@ mod blobs;
 pub mod error;
 mod manifests;
 pub mod path;
-mod prefetch;
+pub mod prefetch;
 pub mod range;
 
 use std::sync::Arc;
@@ -51,9 +51,8 @@ pub struct Mirror {
     pub tag_ttl: Duration,
     /// Serve the last known tag digest when the upstream is down.
     pub stale_if_error: bool,
-    /// Start a manifest's missing blobs when it is fetched, up to this many bytes
-    /// (0: off). See `prefetch.rs`.
-    pub prefetch_limit: u64,
+    /// Starts an image's other blobs when a pull of it begins. See `prefetch.rs`.
+    pub prefetch: prefetch::Prefetch,
 }
 
 /// The HTTP router: `/v2/...`, `/metrics`, `/healthz`.
