@@ -728,6 +728,8 @@ struct LinkUsage {
     seed_up: Option<f64>,
     /// Share of the model's chunks the seed has sent at least once.
     seed_sent: Option<f64>,
+    /// Uploads the seed began of chunks it had sent before.
+    seed_repeats: Option<u32>,
     /// Mean over the downloading nodes.
     nodes_up: f64,
     nodes_down: f64,
@@ -760,6 +762,13 @@ impl LinkUsage {
             seed_sent: seed_node.map(|s| {
                 let sent = served[s].iter().flatten().filter(|c| **c > 0).count();
                 sent as f64 / served[s].iter().map(Vec::len).sum::<usize>().max(1) as f64
+            }),
+            seed_repeats: seed_node.map(|s| {
+                served[s]
+                    .iter()
+                    .flatten()
+                    .map(|c| c.saturating_sub(1))
+                    .sum()
             }),
             nodes_up: mean(&up),
             nodes_down: mean(&down),
@@ -824,7 +833,11 @@ fn trace_line(
         .seed_up
         .map_or(String::new(), |u| format!("  seed up {:3.0}%", 100.0 * u));
     let seed_up = match usage.seed_sent {
-        Some(sent) => format!("{seed_up} (sent {:5.1}% of chunks)", 100.0 * sent),
+        Some(sent) => format!(
+            "{seed_up} (sent {:5.1}% of chunks, {} repeats)",
+            100.0 * sent,
+            usage.seed_repeats.unwrap_or(0)
+        ),
         None => seed_up,
     };
     eprintln!(
