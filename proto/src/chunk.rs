@@ -8,11 +8,14 @@
 use std::fmt;
 use std::ops::Range;
 
-/// Default chunk size: 2 MiB. Ingest costs the same from 1 to 16 MiB; in the swarm,
-/// smaller chunks reach the next node sooner (simulated 8-node cold start 1.26x ->
-/// 1.15x T_limit going from 4 to 2 MiB, emulated 1.65-1.75x -> 1.49-1.56x), while each
-/// halving about doubles the scheduler's work per blob. See `benches/RESULTS.md`.
-pub const DEFAULT_CHUNK_SIZE: u32 = 2 * 1024 * 1024;
+/// Default chunk size: 1 MiB. Ingest costs the same from 1 to 16 MiB; in the swarm a
+/// chunk is relayed only once whole, so smaller chunks reach the next node sooner.
+/// Simulated, 4 -> 2 -> 1 MiB: 8-node cold start 1.26x -> 1.15x -> 1.11x T_limit, 1000
+/// nodes cold 1.61x (2 MiB, session 8) and 1.44x -> 1.34x (sessions 10 and 12), warm
+/// 1.36x -> 1.31x. On the CPU-bound 8-node emulation 1 MiB was as fast cold and 0.05-0.15x
+/// faster warm than 2 MiB, with a third less memory. Each halving about doubles the
+/// scheduler's work per blob. See `benches/RESULTS.md`.
+pub const DEFAULT_CHUNK_SIZE: u32 = 1024 * 1024;
 
 /// Smallest chunk size accepted in configuration (64 KiB).
 pub const MIN_CHUNK_SIZE: u32 = 64 * 1024;

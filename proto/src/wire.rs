@@ -83,9 +83,9 @@ use crate::digest::Digest;
 /// Protocol version spoken by this build.
 pub const VERSION: u8 = 1;
 
-/// Largest frame accepted (version + type + payload): 4 MiB. An `Index` of a blob with
-/// the default 2 MiB chunks fits up to ~256 GiB (4 MiB chunks: ~512 GiB).
-pub const MAX_FRAME: u32 = 4 * 1024 * 1024;
+/// Largest frame accepted (version + type + payload): 8 MiB. An `Index` of a blob with
+/// the default 1 MiB chunks fits up to ~256 GiB (2 MiB chunks: ~512 GiB).
+pub const MAX_FRAME: u32 = 8 * 1024 * 1024;
 
 /// Most node ids in one `Interested` frame: 8 KiB, and more than one node's links.
 pub const MAX_INTERESTED: usize = 1024;

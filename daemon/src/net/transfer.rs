@@ -638,7 +638,7 @@ impl Transfer {
         // dominate a seed's memory with many peers. One piece buffer per upload, handed
         // to the blocking read and back (quinn copies what is written): a fresh 256 KiB
         // buffer per piece is a fresh mapping (shoald's malloc maps blocks this large
-        // directly) and 64 page faults, 512 per 2 MiB chunk.
+        // directly) and 64 page faults, 256 per 1 MiB chunk.
         let mut buf = Vec::new();
         let mut at = range.start;
         while at < range.end {

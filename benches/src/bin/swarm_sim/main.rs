@@ -40,7 +40,7 @@ struct Args {
     #[arg(long)]
     origin_rate: Option<String>,
     /// Chunk size.
-    #[arg(long, default_value = "2MiB", value_parser = shoal_daemon::config::parse_size)]
+    #[arg(long, default_value = "1MiB", value_parser = shoal_daemon::config::parse_size)]
     chunk_size: u64,
     /// One-way latency between any two hosts.
     #[arg(long, default_value = "500us", value_parser = humantime::parse_duration)]
@@ -95,7 +95,8 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration)]
     trace: Option<Duration>,
     /// Layers each node pulls at once, in order, the next as one completes, as a client
-    /// does (containerd: 3); default: every layer from the start.
+    /// does (containerd: 3) with `--prefetch 0`; default: every layer from the start, as the
+    /// daemon's default prefetch makes containerd's pull.
     #[arg(long)]
     client_parallel: Option<usize>,
     /// Stop a run after this much simulated time.
