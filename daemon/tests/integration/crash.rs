@@ -143,10 +143,7 @@ async fn deleted_or_corrupt_index_is_rebuilt_from_data_files() {
     // A committed blob corrupted on disk is dropped at start-up, never served.
     s.stop();
     let victim = &img.layers[1];
-    let path = s
-        .data_dir
-        .join("blobs/sha256")
-        .join(victim.digest.trim_start_matches("sha256:"));
+    let path = s.blob_path(&victim.digest);
     std::fs::remove_dir_all(s.data_dir.join("index")).unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[0] ^= 0xff;
@@ -214,7 +211,7 @@ async fn origin_serving_wrong_bytes_is_never_committed() {
     reg.stop();
     let r = http().get(&url).send().await.unwrap();
     assert_eq!(r.status(), 502);
-    let blob_file = s.data_dir.join("blobs/sha256").join(hex);
+    let blob_file = s.blob_path(hex);
     assert!(!blob_file.exists());
 }
 
@@ -244,12 +241,7 @@ async fn quota_evicts_lru_and_refuses_what_cannot_fit() {
         assert_eq!((status, digest.as_str()), (200, b.digest.as_str()));
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // distinct access seconds
     }
-    let stored = |b: &Blob| {
-        s.data_dir
-            .join("blobs/sha256")
-            .join(b.digest.trim_start_matches("sha256:"))
-            .exists()
-    };
+    let stored = |b: &Blob| s.blob_path(&b.digest).exists();
     assert!(!stored(&blobs[0]), "least recently used blob evicted");
     assert!(stored(&blobs[1]) && stored(&blobs[2]));
 
@@ -314,11 +306,7 @@ async fn full_filesystem_is_a_clear_error_and_no_corrupt_blob() {
         assert_eq!(r.status(), 507);
     }
     assert!(s.logs().contains("disk full"), "{}", s.logs());
-    assert!(!s
-        .data_dir
-        .join("blobs/sha256")
-        .join(big.digest.trim_start_matches("sha256:"))
-        .exists());
+    assert!(!s.blob_path(&big.digest).exists());
     // The store still works once space is there again, and restarts cleanly.
     assert!(
         !s.data_dir

@@ -7,8 +7,7 @@ use crate::common::shoald::Shoald;
 use crate::common::{http, wait_until};
 
 fn committed(s: &Shoald, blob: &Blob) -> bool {
-    let hex = blob.digest.trim_start_matches("sha256:");
-    s.data_dir.join("blobs/sha256").join(hex).exists()
+    s.blob_path(&blob.digest).exists()
 }
 
 const PULL_BEGAN: &str = "a layer GET began a pull";

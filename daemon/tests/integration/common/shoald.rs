@@ -15,6 +15,13 @@ pub struct Shoald {
 }
 
 impl Shoald {
+    /// Where the store keeps the committed blob `digest` (`sha256:<hex>` or `<hex>`).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.data_dir
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
     /// Starts shoald with a fresh data dir and `extra` flags.
     pub async fn start(extra: &[&str]) -> Shoald {
         let dir = tempfile::tempdir().expect("tempdir");
