@@ -40,6 +40,12 @@ async fn containerd_pulls_through_mirror_and_survives_origin_loss() {
     let by_tag = format!("{}/library/app:v1", reg.host());
     let pull = |c: &Containerd, r: &str| c.pull_image(hosts_dir, r);
     check(&pull(&ctrd, &by_tag), "ctr images pull");
+    // containerd's own requests are what the default prefetch takes for a pull.
+    assert!(
+        s.logs().contains("a layer GET began a pull"),
+        "containerd's pull did not begin a prefetch: {}",
+        s.logs()
+    );
     assert_eq!(
         snapshot_file(&ctrd, "etc/hello.txt").as_deref(),
         Some("hello from image 20\n"),
