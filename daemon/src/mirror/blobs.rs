@@ -24,7 +24,8 @@ pub(super) async fn serve(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let range_header = headers.get(RANGE).and_then(|v| v.to_str().ok());
-    if method == Method::GET && headers.get(RANGE).is_none() {
+    // Whole as served: a Range header that is not text is ignored below too.
+    if method == Method::GET && range_header.is_none() {
         super::prefetch::blob_requested(m, target, &digest, client_auth(headers));
     }
     if let Some((record, file)) = m

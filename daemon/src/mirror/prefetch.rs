@@ -19,7 +19,7 @@
 //! The first such GET starts the image's other blobs, once, if those the store lacks
 //! fit under the limit and under the quota's free room.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,8 +56,15 @@ struct PendingPull {
     manifest: Digest,
     /// The config and the layers, in manifest order.
     blobs: Vec<Descriptor>,
-    layers: Vec<Digest>,
+    /// Where the layers start in `blobs` (after the config, if any).
+    first_layer: usize,
     served_at: Instant,
+}
+
+impl PendingPull {
+    fn layers(&self) -> impl Iterator<Item = &Descriptor> {
+        self.blobs[self.first_layer..].iter()
+    }
 }
 
 /// The `--prefetch` state: its limit and the manifests that may turn into pulls.
@@ -96,7 +103,7 @@ impl Prefetch {
             target: target.clone(),
             manifest,
             blobs: parsed.blobs().cloned().collect(),
-            layers: parsed.layers.iter().map(|d| d.digest).collect(),
+            first_layer: usize::from(parsed.config.is_some()),
             served_at: now,
         });
     }
@@ -113,7 +120,7 @@ impl Prefetch {
         pending.retain(|p| now.saturating_duration_since(p.served_at) < PENDING_TTL);
         let at = pending
             .iter()
-            .position(|p| p.target == *target && p.layers.contains(layer))?;
+            .position(|p| p.target == *target && p.layers().any(|d| d.digest == *layer))?;
         pending.remove(at).map(|p| p.blobs)
     }
 
@@ -134,9 +141,13 @@ pub(super) fn plan(
     if blobs.len() > MAX_PREFETCH_BLOBS {
         return Err(Skipped::TooManyBlobs(blobs.len()));
     }
-    let mut missing: Vec<Descriptor> = blobs.iter().filter(|d| !have(d)).cloned().collect();
-    missing.sort_by_key(|d| d.digest);
-    missing.dedup_by_key(|d| d.digest);
+    // In manifest order, as containerd asks for the layers; each blob once.
+    let mut seen = HashSet::new();
+    let missing: Vec<Descriptor> = blobs
+        .iter()
+        .filter(|d| !have(d) && seen.insert(d.digest))
+        .cloned()
+        .collect();
     let bytes: u64 = missing.iter().map(|d| d.size).sum();
     if bytes > limit {
         return Err(Skipped::OverLimit {
@@ -151,8 +162,6 @@ pub(super) fn plan(
             room,
         });
     }
-    // containerd asks for the layers in manifest order; start them in that order too.
-    missing.sort_by_key(|d| blobs.iter().position(|o| o.digest == d.digest));
     Ok(missing)
 }
 
