@@ -253,6 +253,9 @@ pub enum Action {
 #[derive(Debug)]
 struct PeerState {
     chunks: Vec<bool>,
+    /// How many of `chunks` are set: a peer's completeness is asked on every `Have`,
+    /// and counting a 5 GB blob's bitfield each time was most of a simulation's time.
+    held: u32,
     downloading: bool,
     /// Complete when this node first heard of it, and never heard of downloading: a seed
     /// whose uplink is shared out by rendezvous. A co-downloader that completes later is
@@ -268,6 +271,10 @@ struct PeerState {
 }
 
 impl PeerState {
+    fn complete(&self) -> bool {
+        self.held as usize == self.chunks.len()
+    }
+
     /// Heard from within `grace` of `now`: live for the interested set and its lists.
     fn heard_within(&self, now: Duration, grace: Duration) -> bool {
         now.saturating_sub(self.last_heard) < grace
@@ -314,6 +321,10 @@ pub struct Scheduler {
     /// Outstanding requests: chunk → (source, sent at).
     in_flight: BTreeMap<u32, Vec<(Source, Duration)>>,
     peers: HashMap<NodeId, PeerState>,
+    /// Per chunk, how many entries of `peers` hold it, kept up to date by every event
+    /// that changes a peer's chunks: recounting peers × chunks on every schedule was
+    /// the simulator's largest cost with thousands of chunks.
+    availability: Vec<u32>,
     banned: HashMap<NodeId, Duration>,
     /// Whether peers can be checked chunk by chunk (a chunk index is known).
     have_index: bool,
@@ -361,6 +372,7 @@ impl Scheduler {
             chunks: vec![ChunkState::Missing; n],
             in_flight: BTreeMap::new(),
             peers: HashMap::new(),
+            availability: vec![0; n],
             banned: HashMap::new(),
             have_index,
             origin_only: false,
@@ -430,7 +442,7 @@ impl Scheduler {
 
     /// Whether a linked peer holds every chunk (`None`: not linked).
     pub fn peer_complete(&self, peer: NodeId) -> Option<bool> {
-        self.peers.get(&peer).map(|st| st.chunks.iter().all(|&c| c))
+        self.peers.get(&peer).map(PeerState::complete)
     }
 
     /// Counters for a progress line: what the download waits on when it stalls.
@@ -497,12 +509,16 @@ impl Scheduler {
                     let seed = !downloading && !self.co_downloaders.contains(&peer);
                     let st = self.peers.entry(peer).or_insert(PeerState {
                         chunks: Vec::new(),
+                        held: 0,
                         downloading,
                         seed,
                         score: f64::INFINITY,
                         last_heard: now,
                         in_flight: 0,
                     });
+                    count_chunks(&mut self.availability, &st.chunks, false);
+                    count_chunks(&mut self.availability, &chunks, true);
+                    st.held = chunks.iter().filter(|&&c| c).count() as u32;
                     st.chunks = chunks;
                     st.downloading = downloading;
                     st.last_heard = now;
@@ -513,11 +529,15 @@ impl Scheduler {
                 let grace = self.config.assignment_grace;
                 if let Some(st) = self.peers.get_mut(&peer) {
                     if let Some(c) = st.chunks.get_mut(chunk as usize) {
-                        *c = true;
+                        if !*c {
+                            *c = true;
+                            st.held += 1;
+                            self.availability[chunk as usize] += 1;
+                        }
                     }
                     let was = (st.downloading, !st.heard_within(now, grace));
                     st.last_heard = now;
-                    if st.chunks.iter().all(|&c| c) {
+                    if st.complete() {
                         st.downloading = false;
                     }
                     // Back from silence, or done: the set changes.
@@ -580,7 +600,9 @@ impl Scheduler {
     }
 
     fn drop_peer(&mut self, peer: NodeId) {
-        self.peers.remove(&peer);
+        if let Some(st) = self.peers.remove(&peer) {
+            count_chunks(&mut self.availability, &st.chunks, false);
+        }
         self.heard_interested.remove(&peer);
         self.interested_cache = None;
         let chunks: Vec<u32> = self
@@ -715,5 +737,20 @@ impl Scheduler {
             }
         }
         self.banned.retain(|_, until| *until > now);
+    }
+}
+
+/// Adds (or takes away) one peer's chunks to the per-chunk availability counts.
+fn count_chunks(availability: &mut [u32], chunks: &[bool], add: bool) {
+    for (count, _) in availability
+        .iter_mut()
+        .zip(chunks)
+        .filter(|(_, &held)| held)
+    {
+        if add {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+        }
     }
 }

@@ -18,40 +18,32 @@ impl Scheduler {
         if missing.is_empty() {
             return;
         }
+        let mut requestable = Requestable::new(self.chunks.len(), &missing, self.in_flight.keys());
         let interested = self.cached_interested(now);
         if !self.origin_only {
-            self.schedule_peers(now, &missing, interested.len() > 1);
+            self.schedule_peers(now, &missing, &mut requestable, interested.len() > 1);
         }
-        self.schedule_origin(now, &missing, interested);
+        self.schedule_origin(now, &missing, &requestable, interested);
     }
 
-    fn schedule_peers(&mut self, now: Duration, missing: &[u32], shared: bool) {
-        // Indexed by chunk: this runs on every event, for every missing chunk and peer,
-        // and a hash map here was most of the cost at a thousand nodes (simulator).
-        let mut availability = vec![0u32; self.chunks.len()];
-        for st in self.peers.values() {
-            for &c in missing {
-                if st.chunks[c as usize] {
-                    availability[c as usize] += 1;
-                }
-            }
-        }
+    fn schedule_peers(
+        &mut self,
+        now: Duration,
+        missing: &[u32],
+        requestable: &mut Requestable,
+        shared: bool,
+    ) {
         // Fastest peers first; unmeasured ones (infinite score) are tried early.
-        let mut order: Vec<NodeId> = self
+        let mut order: Vec<(NodeId, f64)> = self
             .peers
-            .keys()
-            .copied()
-            .filter(|p| !self.banned.contains_key(p))
+            .iter()
+            .filter(|(p, _)| !self.banned.contains_key(p))
+            .map(|(p, st)| (*p, st.score))
             .collect();
-        order.sort_by(|a, b| {
-            self.peers[b]
-                .score
-                .total_cmp(&self.peers[a].score)
-                .then(a.cmp(b))
-        });
+        order.sort_by(|(a, a_score), (b, b_score)| b_score.total_cmp(a_score).then(a.cmp(b)));
         let best = order
             .iter()
-            .map(|p| self.peers[p].score)
+            .map(|(_, score)| *score)
             .find(|s| s.is_finite())
             .unwrap_or(1.0)
             .max(1.0);
@@ -70,22 +62,31 @@ impl Scheduler {
             Vec::new()
         };
         let mut outstanding: usize = self.peers.values().map(|st| st.in_flight).sum();
-        for peer in order {
+        for (peer, score) in order {
             if outstanding >= self.config.max_peer_requests {
                 break;
             }
-            let from_seed = share_seeds && self.peers[&peer].seed;
+            let Some(st) = self.peers.get(&peer) else {
+                continue;
+            };
+            let from_seed = share_seeds && st.seed;
             let depth = {
-                let s = self.peers[&peer].score;
-                let share = if s.is_finite() { s / best } else { 1.0 };
+                let share = if score.is_finite() { score / best } else { 1.0 };
                 ((self.config.max_requests_per_peer as f64 * share).round() as usize)
                     .clamp(1, self.config.max_requests_per_peer)
             };
-            while self.peers[&peer].in_flight < depth && outstanding < self.config.max_peer_requests
-            {
+            if st.held == 0 {
+                continue; // nothing to ask of it, endgame included
+            }
+            let mut peer_in_flight = st.in_flight;
+            while peer_in_flight < depth && outstanding < self.config.max_peer_requests {
+                let held = &self.peers[&peer].chunks;
+                // Flat per-chunk arrays only: this scan runs for every peer with a free
+                // slot on every batch of events (with a map lookup per chunk it was most
+                // of a simulation's time at 5,000 chunks).
                 let candidates = missing.iter().copied().filter(|&c| {
-                    self.peers[&peer].chunks[c as usize]
-                        && !self.in_flight.contains_key(&c)
+                    held[c as usize]
+                        && requestable.get(c)
                         && (!from_seed || owned.get(c as usize).copied().unwrap_or(true))
                 });
                 // In the window: lowest index first. Past it: rarest, then spread.
@@ -94,24 +95,27 @@ impl Scheduler {
                     (
                         !in_window,
                         if in_window { c } else { 0 },
-                        availability[c as usize],
+                        self.availability[c as usize],
                         self.spread(c),
                     )
                 });
-                let pick = pick.or_else(|| self.endgame_pick(peer, missing));
+                let pick = pick.or_else(|| {
+                    (requestable.count == 0)
+                        .then(|| self.endgame_pick(peer))
+                        .flatten()
+                });
                 let Some(chunk) = pick else { break };
+                requestable.take(chunk);
                 self.send(now, Source::Peer(peer), chunk);
+                peer_in_flight += 1;
                 outstanding += 1;
             }
         }
     }
 
-    /// In endgame (every missing chunk requested), a chunk this peer has and that is
-    /// outstanding elsewhere, oldest request first.
-    fn endgame_pick(&self, peer: NodeId, missing: &[u32]) -> Option<u32> {
-        if missing.iter().any(|c| !self.in_flight.contains_key(c)) {
-            return None;
-        }
+    /// In endgame (every missing chunk requested, which the caller checks), a chunk this
+    /// peer has and that is outstanding elsewhere, oldest request first.
+    fn endgame_pick(&self, peer: NodeId) -> Option<u32> {
         let st = &self.peers[&peer];
         self.in_flight
             .iter()
@@ -124,7 +128,13 @@ impl Scheduler {
             .map(|(c, _)| *c)
     }
 
-    fn schedule_origin(&mut self, now: Duration, missing: &[u32], interested: Vec<NodeId>) {
+    fn schedule_origin(
+        &mut self,
+        now: Duration,
+        missing: &[u32],
+        requestable: &Requestable,
+        interested: Vec<NodeId>,
+    ) {
         let everything = self.origin_only || self.stalled(now);
         let shared = interested.len() > 1;
         let frontier = if interested.len() >= self.config.large_swarm {
@@ -136,7 +146,13 @@ impl Scheduler {
             return;
         }
         let mut held_by_peer = vec![false; self.chunks.len()];
-        if !self.origin_only {
+        if self.origin_only {
+            // Nothing from peers any more.
+        } else if !self.peers.keys().any(|p| self.banned.contains_key(p)) {
+            for &c in missing {
+                held_by_peer[c as usize] = self.availability[c as usize] > 0;
+            }
+        } else {
             for (p, st) in &self.peers {
                 if self.banned.contains_key(p) {
                     continue;
@@ -169,7 +185,7 @@ impl Scheduler {
         let mut wanted: Vec<u32> = missing
             .iter()
             .copied()
-            .filter(|&c| !self.in_flight.contains_key(&c) && !held_by_peer[c as usize])
+            .filter(|&c| requestable.get(c) && !held_by_peer[c as usize])
             .filter(|&c| everything || owned.get(c as usize).copied().unwrap_or(false))
             .filter(|&c| c < frontier_end)
             .collect();
@@ -208,5 +224,42 @@ impl Scheduler {
             }
         }
         self.actions.push(Action::Request { source, chunk });
+    }
+}
+
+/// The missing chunks with no request outstanding, as flags by chunk, updated as this
+/// round of scheduling sends requests.
+struct Requestable {
+    flags: Vec<bool>,
+    /// How many flags are set: zero means endgame.
+    count: usize,
+}
+
+impl Requestable {
+    fn new<'a>(chunks: usize, missing: &[u32], in_flight: impl Iterator<Item = &'a u32>) -> Self {
+        let mut flags = vec![false; chunks];
+        for &c in missing {
+            flags[c as usize] = true;
+        }
+        let mut requestable = Requestable {
+            flags,
+            count: missing.len(),
+        };
+        for &c in in_flight {
+            requestable.take(c);
+        }
+        requestable
+    }
+
+    fn get(&self, chunk: u32) -> bool {
+        self.flags.get(chunk as usize).copied().unwrap_or(false)
+    }
+
+    fn take(&mut self, chunk: u32) {
+        if let Some(flag) = self.flags.get_mut(chunk as usize) {
+            if std::mem::take(flag) {
+                self.count -= 1;
+            }
+        }
     }
 }

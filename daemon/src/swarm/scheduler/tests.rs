@@ -108,6 +108,44 @@ fn rarest_chunks_first() {
     assert_eq!(reqs.len(), 4, "two pipelined requests per peer: {reqs:?}");
 }
 
+/// Availability is kept across events rather than recounted: a resent bitfield replaces
+/// the old one and a departed peer's chunks stop counting.
+#[test]
+fn rarity_follows_resent_bitfields_and_departures() {
+    let bitfield = |peer: u64, have: fn(u32) -> bool| Event::PeerBitfield {
+        peer: NodeId(peer),
+        chunks: bits(8, have),
+        downloading: false,
+    };
+    let mut s = Scheduler::new(ME, layout(8), true, seeds_only());
+    let acts = s.handle_batch(
+        ms(0),
+        [
+            bitfield(1, |_| true),
+            bitfield(2, |c| c < 4),
+            // Two peers that held 4..8 and went away, two that resent empty bitfields.
+            bitfield(3, |c| c >= 4),
+            bitfield(4, |c| c >= 4),
+            Event::PeerGone { peer: NodeId(3) },
+            Event::PeerGone { peer: NodeId(4) },
+            bitfield(5, |c| c >= 4),
+            bitfield(6, |c| c >= 4),
+            bitfield(5, |_| false),
+            bitfield(6, |_| false),
+            // A repeated announcement counts once.
+            Event::PeerHave { peer: B, chunk: 0 },
+        ],
+    );
+    // 4..8 are held by A alone, 0..4 by A and B: A is asked for the rare half.
+    let mut from_a: Vec<u32> = requests(&acts)
+        .into_iter()
+        .filter(|(src, _)| *src == Source::Peer(A))
+        .map(|(_, c)| c)
+        .collect();
+    from_a.sort_unstable();
+    assert_eq!(from_a, vec![4, 5, 6, 7], "{acts:?}");
+}
+
 #[test]
 fn streaming_window_goes_first() {
     let mut s = Scheduler::new(
