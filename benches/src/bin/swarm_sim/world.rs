@@ -29,6 +29,12 @@ use shoal_daemon::swarm::peer_requests_per_download;
 use shoal_daemon::swarm::scheduler::{Action, Config, Event, NodeId, Scheduler, Source};
 use shoal_proto::ChunkLayout;
 
+mod network;
+mod trace;
+
+use network::{allocate, slot_of, Endpoint, Flow};
+use trace::{trace_line, LinkUsage};
+
 /// What to simulate.
 #[derive(Debug, Clone)]
 pub struct Params {
@@ -104,23 +110,6 @@ pub enum UploadOrder {
     SeedLeastServed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
-    Node(usize),
-    Origin,
-}
-
-struct Flow {
-    src: Endpoint,
-    dst: usize,
-    blob: usize,
-    chunk: u32,
-    remaining: f64,
-    starts: f64,
-    /// Holds one of the sender's upload slots (the origin has no limit).
-    admitted: bool,
-}
-
 struct Node {
     id: NodeId,
     links: Vec<usize>,
@@ -142,101 +131,6 @@ impl Node {
     /// Whether the node is downloading layer `b` now: its client asked, not yet done.
     fn downloads(&self, b: usize) -> bool {
         self.started[b] && !self.done[b]
-    }
-}
-
-fn slot_of(e: Endpoint, total_nodes: usize) -> usize {
-    match e {
-        Endpoint::Node(n) => n,
-        Endpoint::Origin => total_nodes,
-    }
-}
-
-/// Approximately max-min fair rates for the active flows (`rates[k]` for `flows[k]`,
-/// 0 for flows not started): a few rounds of water-filling, in which a link's capacity
-/// left over by flows limited elsewhere goes to the flows it limits, then a scaling pass
-/// so no link carries more than its capacity. TCP and QUIC flows sharing a bottleneck
-/// end up near this; plain equal shares would waste the capacity slow flows leave.
-fn allocate(
-    flows: &[Flow],
-    t: f64,
-    caps: &[f64],
-    rates: &mut Vec<f64>,
-    up_share: &mut [f64],
-    down_share: &mut [f64],
-    total_nodes: usize,
-) {
-    let down_cap = caps[0];
-    let active = |f: &Flow| f.admitted && f.starts <= t;
-    rates.clear();
-    rates.resize(flows.len(), 0.0);
-    let mut up_n = vec![0usize; up_share.len()];
-    let mut down_n = vec![0usize; down_share.len()];
-    for f in flows.iter().filter(|f| active(f)) {
-        up_n[slot_of(f.src, total_nodes)] += 1;
-        down_n[f.dst] += 1;
-    }
-    for (i, s) in up_share.iter_mut().enumerate() {
-        *s = caps[i] / up_n[i].max(1) as f64;
-    }
-    for (i, s) in down_share.iter_mut().enumerate() {
-        *s = down_cap / down_n[i].max(1) as f64;
-    }
-    let mut up_sum = vec![0.0; up_share.len()];
-    let mut down_sum = vec![0.0; down_share.len()];
-    for _round in 0..4 {
-        for (k, f) in flows.iter().enumerate() {
-            if active(f) {
-                rates[k] = up_share[slot_of(f.src, total_nodes)].min(down_share[f.dst]);
-            }
-        }
-        // A link's flows limited elsewhere keep their rate; the rest split what is left.
-        up_sum.iter_mut().for_each(|x| *x = 0.0);
-        down_sum.iter_mut().for_each(|x| *x = 0.0);
-        up_n.iter_mut().for_each(|x| *x = 0);
-        down_n.iter_mut().for_each(|x| *x = 0);
-        for (k, f) in flows.iter().enumerate().filter(|(_, f)| active(f)) {
-            let u = slot_of(f.src, total_nodes);
-            if rates[k] < up_share[u] * 0.999 {
-                up_sum[u] += rates[k];
-            } else {
-                up_n[u] += 1;
-            }
-            if rates[k] < down_share[f.dst] * 0.999 {
-                down_sum[f.dst] += rates[k];
-            } else {
-                down_n[f.dst] += 1;
-            }
-        }
-        for i in 0..up_share.len() {
-            if up_n[i] > 0 {
-                up_share[i] = ((caps[i] - up_sum[i]) / up_n[i] as f64).max(up_share[i]);
-            }
-        }
-        for i in 0..down_share.len() {
-            if down_n[i] > 0 {
-                down_share[i] = ((down_cap - down_sum[i]) / down_n[i] as f64).max(down_share[i]);
-            }
-        }
-    }
-    for (k, f) in flows.iter().enumerate() {
-        if active(f) {
-            rates[k] = up_share[slot_of(f.src, total_nodes)].min(down_share[f.dst]);
-        }
-    }
-    // Never more than a link carries.
-    up_sum.iter_mut().for_each(|x| *x = 0.0);
-    down_sum.iter_mut().for_each(|x| *x = 0.0);
-    for (k, f) in flows.iter().enumerate() {
-        up_sum[slot_of(f.src, total_nodes)] += rates[k];
-        down_sum[f.dst] += rates[k];
-    }
-    for (k, f) in flows.iter().enumerate() {
-        let u = slot_of(f.src, total_nodes);
-        let over = (up_sum[u] / caps[u]).max(down_sum[f.dst] / down_cap);
-        if over > 1.0 {
-            rates[k] /= over;
-        }
     }
 }
 
@@ -719,141 +613,4 @@ fn start_next_layer(nodes: &mut [Node], i: usize, layouts: &[ChunkLayout]) {
 /// A layer's rendezvous salt (the daemon uses the digest's first bytes).
 fn layer_salt(seed: u64, layer: usize) -> u64 {
     (seed ^ 0x5EED).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ layer as u64
-}
-
-/// How full the links are at one step, for `--trace`: shares of capacity.
-struct LinkUsage {
-    origin_up: f64,
-    /// The warm scenario's seed.
-    seed_up: Option<f64>,
-    /// Share of the model's chunks the seed has sent at least once.
-    seed_sent: Option<f64>,
-    /// Uploads the seed began of chunks it had sent before.
-    seed_repeats: Option<u32>,
-    /// Mean over the downloading nodes.
-    nodes_up: f64,
-    nodes_down: f64,
-}
-
-impl LinkUsage {
-    fn measure(
-        flows: &[Flow],
-        rates: &[f64],
-        caps: &[f64],
-        node_rate: f64,
-        seed_node: Option<usize>,
-        served: &[Vec<Vec<u32>>],
-    ) -> LinkUsage {
-        let total_nodes = caps.len() - 1;
-        let mut up = vec![0.0; caps.len()];
-        let mut down = vec![0.0; total_nodes];
-        for (f, r) in flows.iter().zip(rates) {
-            up[slot_of(f.src, total_nodes)] += r;
-            down[f.dst] += r;
-        }
-        let downloaders: Vec<usize> = (0..total_nodes).filter(|&i| Some(i) != seed_node).collect();
-        let mean = |v: &[f64]| {
-            downloaders.iter().map(|&i| v[i]).sum::<f64>()
-                / (downloaders.len().max(1) as f64 * node_rate)
-        };
-        LinkUsage {
-            origin_up: up[total_nodes] / caps[total_nodes],
-            seed_up: seed_node.map(|s| up[s] / caps[s]),
-            seed_sent: seed_node.map(|s| {
-                let sent = served[s].iter().flatten().filter(|c| **c > 0).count();
-                sent as f64 / served[s].iter().map(Vec::len).sum::<usize>().max(1) as f64
-            }),
-            seed_repeats: seed_node.map(|s| {
-                served[s]
-                    .iter()
-                    .flatten()
-                    .map(|c| c.saturating_sub(1))
-                    .sum()
-            }),
-            nodes_up: mean(&up),
-            nodes_down: mean(&down),
-        }
-    }
-}
-
-/// One line of `--trace`: how far the swarm is and where its requests are.
-fn trace_line(
-    t: f64,
-    nodes: &[Node],
-    flows: &[Flow],
-    out: &Outcome,
-    layouts: &[ChunkLayout],
-    usage: &LinkUsage,
-) {
-    let model: u64 = layouts.iter().map(|l| l.size).sum();
-    let chunks: usize = layouts.iter().map(|l| l.count() as usize).sum();
-    let held: usize = nodes
-        .iter()
-        .map(|n| {
-            n.scheds
-                .iter()
-                .zip(&n.done)
-                .zip(layouts)
-                .map(|((s, done), l)| match s {
-                    Some(s) if !done => s.present() as usize,
-                    _ => l.count() as usize,
-                })
-                .sum::<usize>()
-        })
-        .sum();
-    let origin_flows = flows.iter().filter(|f| f.src == Endpoint::Origin).count();
-    let mut origin_receivers: Vec<usize> = flows
-        .iter()
-        .filter(|f| f.src == Endpoint::Origin)
-        .map(|f| f.dst)
-        .collect();
-    origin_receivers.sort_unstable();
-    origin_receivers.dedup();
-    let peer_active = flows
-        .iter()
-        .filter(|f| f.src != Endpoint::Origin && f.admitted)
-        .count();
-    let peer_queued = flows
-        .iter()
-        .filter(|f| f.src != Endpoint::Origin && !f.admitted)
-        .count();
-    let mut uploaders: Vec<Endpoint> = flows
-        .iter()
-        .filter(|f| f.src != Endpoint::Origin && f.admitted)
-        .map(|f| f.src)
-        .collect();
-    uploaders.sort_unstable_by_key(|e| slot_of(*e, nodes.len()));
-    uploaders.dedup();
-    let idle = nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, n)| n.finished_at.is_none() && !flows.iter().any(|f| f.dst == *i))
-        .count();
-    let seed_up = usage
-        .seed_up
-        .map_or(String::new(), |u| format!("  seed up {:3.0}%", 100.0 * u));
-    let seed_up = match usage.seed_sent {
-        Some(sent) => format!(
-            "{seed_up} (sent {:5.1}% of chunks, {} repeats)",
-            100.0 * sent,
-            usage.seed_repeats.unwrap_or(0)
-        ),
-        None => seed_up,
-    };
-    eprintln!(
-        "t {t:7.1}  done {:4}/{}  held {:5.1}%  origin {:6.3}x  origin flows {:4} (to {:4} nodes)  peer flows {:5} + {:5} queued  idle nodes {:4}  uploading nodes {:4}  use: origin {:3.0}%{seed_up}  nodes up {:3.0}% down {:3.0}%",
-        nodes.iter().filter(|n| n.finished_at.is_some()).count(),
-        nodes.len(),
-        100.0 * held as f64 / (chunks * nodes.len()).max(1) as f64,
-        out.origin_bytes as f64 / model.max(1) as f64,
-        origin_flows,
-        origin_receivers.len(),
-        peer_active,
-        peer_queued,
-        idle,
-        uploaders.len(),
-        100.0 * usage.origin_up,
-        100.0 * usage.nodes_up,
-        100.0 * usage.nodes_down,
-    );
 }
