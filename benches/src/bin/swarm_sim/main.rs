@@ -99,6 +99,13 @@ struct Args {
     /// daemon's default prefetch makes containerd's pull.
     #[arg(long)]
     client_parallel: Option<usize>,
+    /// What relaying a chunk while it arrives would buy (exploration; the daemon relays
+    /// a chunk only once it is whole): a node announces a chunk it receives from a peer
+    /// as soon as the bytes start to arrive, and serves it no faster than they do.
+    /// Chunks arriving from the origin are relayed whole still (relaying those too made
+    /// 33 nodes cold 1.75x T_limit, against 1.17x).
+    #[arg(long)]
+    cut_through: bool,
     /// Stop a run after this much simulated time.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     limit: Duration,
@@ -186,6 +193,7 @@ fn main() -> Result<()> {
                 gossip: args.gossip,
                 trace: args.trace.map(|d| d.as_secs_f64()),
                 client_parallel: args.client_parallel.map(|n| n.max(1)),
+                cut_through: args.cut_through,
             };
             let started = Instant::now();
             let out = world::run(&params);

@@ -15,7 +15,9 @@
 //! waiting request for the chunk the node has uploaded least (`upload_order`), and a
 //! Tick every 500 ms (the driver ticks every 200 ms; ticks only drive timeouts and
 //! grace periods).
-//! Rates are approximately max-min fair (see [`allocate`]). Every layer starts at once
+//! Rates are approximately max-min fair (see [`allocate`]). With `cut_through` (an
+//! exploration; the daemon does not do it) a node announces a chunk from a peer at its
+//! first bytes and relays it no faster than it arrives ([`Relays`]). Every layer starts at once
 //! unless `client_parallel` gives the client's order (containerd pulls 3 blobs at a
 //! time; a layer a node has not started yet is not linked for, as the daemon links only
 //! to a blob's providers). Not modelled: CPU (the emulation's 2 vCPUs saturate at 8
@@ -32,7 +34,7 @@ use shoal_proto::ChunkLayout;
 mod network;
 mod trace;
 
-use network::{allocate, slot_of, Endpoint, Flow};
+use network::{allocate, slot_of, Endpoint, Flow, Relays};
 use trace::{trace_line, LinkUsage};
 
 /// What to simulate.
@@ -72,6 +74,8 @@ pub struct Params {
     /// Layers each node pulls at once, in order, the next when one completes (a client
     /// such as containerd pulls 3 at a time); `None`: every layer from the start.
     pub client_parallel: Option<usize>,
+    /// Relay chunks from peers while they arrive (`--cut-through`, exploration).
+    pub cut_through: bool,
 }
 
 /// What happened.
@@ -225,6 +229,7 @@ pub fn run(p: &Params) -> Outcome {
     }
 
     let mut flows: Vec<Flow> = Vec::new();
+    let mut relays = Relays::default();
     let mut delayed: BTreeMap<(u64, u64), (usize, usize, Event)> = BTreeMap::new();
     let mut seq = 0u64;
     let lat = p.latency.as_secs_f64();
@@ -336,6 +341,7 @@ pub fn run(p: &Params) -> Outcome {
                                 remaining: bytes as f64,
                                 starts: t + lat,
                                 admitted: src == Endpoint::Origin,
+                                cap: f64::INFINITY,
                             });
                         }
                         Action::Cancel { source, chunk } => {
@@ -393,6 +399,7 @@ pub fn run(p: &Params) -> Outcome {
                         remaining: bytes as f64,
                         starts: t + lat,
                         admitted: false,
+                        cap: f64::INFINITY,
                     });
                 }
             }
@@ -499,6 +506,14 @@ pub fn run(p: &Params) -> Outcome {
             }
         }
         // 3. The network moves bytes for one step, at max-min fair rates.
+        if p.cut_through {
+            for f in &mut flows {
+                let size = layouts[f.blob]
+                    .range(f.chunk)
+                    .map_or(0, |r| r.end - r.start);
+                f.cap = relays.cap(f, size as f64, dt);
+            }
+        }
         allocate(
             &flows,
             t,
@@ -521,12 +536,33 @@ pub fn run(p: &Params) -> Outcome {
                 continue;
             }
             f.remaining -= rates[k] * dt;
+            if p.cut_through && f.src != Endpoint::Origin {
+                let size = layouts[f.blob]
+                    .range(f.chunk)
+                    .map_or(0, |r| r.end - r.start);
+                if relays.progress(f, size as f64, rates[k]) {
+                    // First bytes: tell the links now rather than when the chunk is whole.
+                    let me = nodes[f.dst].id;
+                    for &l in &nodes[f.dst].links {
+                        seq += 1;
+                        let at = ((t + lat) * 1e9) as u64;
+                        let event = Event::PeerHave {
+                            peer: me,
+                            chunk: f.chunk,
+                        };
+                        delayed.insert((at, seq), (l, f.blob, event));
+                    }
+                }
+            }
             if f.remaining > 0.0 {
                 k += 1;
                 continue;
             }
             let f = flows.swap_remove(k);
             rates.swap_remove(k);
+            if p.cut_through {
+                relays.complete(&f);
+            }
             let bytes = layouts[f.blob]
                 .range(f.chunk)
                 .map_or(0, |r| r.end - r.start);

@@ -1,5 +1,7 @@
 //! The network model: flows between endpoints and the rates they get each step.
 
+use std::collections::HashMap;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Endpoint {
     Node(usize),
@@ -15,6 +17,8 @@ pub(super) struct Flow {
     pub(super) starts: f64,
     /// Holds one of the sender's upload slots (the origin has no limit).
     pub(super) admitted: bool,
+    /// Bytes per second at most, whatever the links allow (a cut-through relay's flow).
+    pub(super) cap: f64,
 }
 
 pub(super) fn slot_of(e: Endpoint, total_nodes: usize) -> usize {
@@ -59,7 +63,9 @@ pub(super) fn allocate(
     for _round in 0..4 {
         for (k, f) in flows.iter().enumerate() {
             if active(f) {
-                rates[k] = up_share[slot_of(f.src, total_nodes)].min(down_share[f.dst]);
+                rates[k] = up_share[slot_of(f.src, total_nodes)]
+                    .min(down_share[f.dst])
+                    .min(f.cap);
             }
         }
         // A link's flows limited elsewhere keep their rate; the rest split what is left.
@@ -93,7 +99,9 @@ pub(super) fn allocate(
     }
     for (k, f) in flows.iter().enumerate() {
         if active(f) {
-            rates[k] = up_share[slot_of(f.src, total_nodes)].min(down_share[f.dst]);
+            rates[k] = up_share[slot_of(f.src, total_nodes)]
+                .min(down_share[f.dst])
+                .min(f.cap);
         }
     }
     // Never more than a link carries.
@@ -109,5 +117,61 @@ pub(super) fn allocate(
         if over > 1.0 {
             rates[k] /= over;
         }
+    }
+}
+
+/// `--cut-through` (exploration): the chunks nodes are receiving from peers, so a node can
+/// relay one before it is whole, never ahead of its own bytes.
+#[derive(Default)]
+pub(super) struct Relays {
+    /// (node, blob, chunk) -> bytes received so far and the rate they arrive at; infinite
+    /// bytes once whole.
+    arriving: HashMap<(usize, usize, u32), (f64, f64)>,
+}
+
+impl Relays {
+    /// The most flow `f` may carry per second: a relay sends a chunk it is still
+    /// receiving no faster than it arrives, plus what it has buffered.
+    pub(super) fn cap(&self, f: &Flow, size: f64, dt: f64) -> f64 {
+        let Endpoint::Node(relay) = f.src else {
+            return f64::INFINITY;
+        };
+        match self.arriving.get(&(relay, f.blob, f.chunk)) {
+            Some(&(got, rate)) if got.is_finite() => {
+                let sent = size - f.remaining;
+                rate + (got - sent).max(0.0) / dt
+            }
+            _ => f64::INFINITY,
+        }
+    }
+
+    /// Flow `f` just moved at `rate`: a relay's flow is held behind the relay's bytes, and
+    /// the receiver's bytes are recorded. True on the chunk's first bytes at the receiver
+    /// (when it announces the chunk).
+    pub(super) fn progress(&mut self, f: &mut Flow, size: f64, rate: f64) -> bool {
+        if let Endpoint::Node(relay) = f.src {
+            if let Some(&(got, _)) = self.arriving.get(&(relay, f.blob, f.chunk)) {
+                f.remaining = f.remaining.max(size - got);
+            }
+        }
+        let mut first = false;
+        let entry = self
+            .arriving
+            .entry((f.dst, f.blob, f.chunk))
+            .or_insert_with(|| {
+                first = true;
+                (0.0, 0.0)
+            });
+        if entry.0.is_finite() {
+            *entry = (entry.0.max(size - f.remaining.max(0.0)), rate);
+        }
+        first
+    }
+
+    /// Flow `f` delivered its whole chunk: relays of it are no longer held back (nor by
+    /// an endgame duplicate still arriving).
+    pub(super) fn complete(&mut self, f: &Flow) {
+        self.arriving
+            .insert((f.dst, f.blob, f.chunk), (f64::INFINITY, 0.0));
     }
 }
