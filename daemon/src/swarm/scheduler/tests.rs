@@ -1147,3 +1147,35 @@ fn peer_requests_stay_within_the_download_share() {
     );
     assert_eq!(requests(&after).len(), 1, "{after:?}");
 }
+
+/// The owners kept across changes of the set are the ones a fresh computation gives:
+/// nodes joining, leaving, both at once, the set emptied and refilled, another salt.
+#[test]
+fn ownership_kept_across_set_changes_matches_a_fresh_computation() {
+    let me = NodeId(7);
+    let set = |ids: &[u64]| -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = ids.iter().copied().map(NodeId).collect();
+        v.sort_unstable();
+        v
+    };
+    let steps: Vec<(Vec<NodeId>, u64)> = vec![
+        (set(&[7, 1, 2, 3]), 5),
+        (set(&[7, 1, 2, 3, 40, 41, 42]), 5),
+        (set(&[7, 2, 41]), 5),
+        (set(&[7, 2, 41, 90, 91]), 5),
+        (set(&[7, 3, 90, 92, 93, 94]), 5),
+        (set(&[7]), 5),
+        (set(&[]), 5),
+        (set(&[7, 11, 12]), 5),
+        (set(&[7, 11, 12]), 6),
+        (set(&[11, 12]), 6),
+    ];
+    let mut ownership = Ownership::default();
+    for (nodes, salt) in steps {
+        let owned = ownership.update(nodes.clone(), me, 300, salt).to_vec();
+        let fresh: Vec<bool> = (0..300)
+            .map(|c| rendezvous_owner(&nodes, c, salt) == me)
+            .collect();
+        assert_eq!(owned, fresh, "set {nodes:?}, salt {salt}");
+    }
+}
