@@ -60,14 +60,16 @@ pub(super) fn allocate(
     }
     let mut up_sum = vec![0.0; up_share.len()];
     let mut down_sum = vec![0.0; down_share.len()];
-    for _round in 0..4 {
-        for (k, f) in flows.iter().enumerate() {
-            if active(f) {
-                rates[k] = up_share[slot_of(f.src, total_nodes)]
-                    .min(down_share[f.dst])
-                    .min(f.cap);
-            }
+    // Each active flow gets the smaller of its two links' shares, and no more than its cap.
+    let assign = |rates: &mut [f64], up_share: &[f64], down_share: &[f64]| {
+        for (k, f) in flows.iter().enumerate().filter(|(_, f)| active(f)) {
+            rates[k] = up_share[slot_of(f.src, total_nodes)]
+                .min(down_share[f.dst])
+                .min(f.cap);
         }
+    };
+    for _round in 0..4 {
+        assign(rates, up_share, down_share);
         // A link's flows limited elsewhere keep their rate; the rest split what is left.
         up_sum.iter_mut().for_each(|x| *x = 0.0);
         down_sum.iter_mut().for_each(|x| *x = 0.0);
@@ -97,13 +99,7 @@ pub(super) fn allocate(
             }
         }
     }
-    for (k, f) in flows.iter().enumerate() {
-        if active(f) {
-            rates[k] = up_share[slot_of(f.src, total_nodes)]
-                .min(down_share[f.dst])
-                .min(f.cap);
-        }
-    }
+    assign(rates, up_share, down_share);
     // Never more than a link carries.
     up_sum.iter_mut().for_each(|x| *x = 0.0);
     down_sum.iter_mut().for_each(|x| *x = 0.0);
