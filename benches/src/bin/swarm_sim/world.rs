@@ -332,7 +332,7 @@ pub fn run(p: &Params) -> Outcome {
                             if src != Endpoint::Origin {
                                 nodes[i].peer_in_flight += 1;
                             }
-                            let bytes = layouts[b].range(chunk).map_or(0, |r| r.end - r.start);
+                            let bytes = chunk_bytes(&layouts[b], chunk);
                             flows.push(Flow {
                                 src,
                                 dst: i,
@@ -390,7 +390,7 @@ pub fn run(p: &Params) -> Outcome {
                         break;
                     };
                     nodes[i].peer_in_flight += 1;
-                    let bytes = layouts[wb].range(chunk).map_or(0, |r| r.end - r.start);
+                    let bytes = chunk_bytes(&layouts[wb], chunk);
                     flows.push(Flow {
                         src: Endpoint::Node(src),
                         dst: i,
@@ -508,9 +508,7 @@ pub fn run(p: &Params) -> Outcome {
         // 3. The network moves bytes for one step, at max-min fair rates.
         if p.cut_through {
             for f in &mut flows {
-                let size = layouts[f.blob]
-                    .range(f.chunk)
-                    .map_or(0, |r| r.end - r.start);
+                let size = chunk_bytes(&layouts[f.blob], f.chunk);
                 f.cap = relays.cap(f, size as f64, dt);
             }
         }
@@ -537,9 +535,7 @@ pub fn run(p: &Params) -> Outcome {
             }
             f.remaining -= rates[k] * dt;
             if p.cut_through && f.src != Endpoint::Origin {
-                let size = layouts[f.blob]
-                    .range(f.chunk)
-                    .map_or(0, |r| r.end - r.start);
+                let size = chunk_bytes(&layouts[f.blob], f.chunk);
                 if relays.progress(f, size as f64, rates[k]) {
                     // First bytes: tell the links now rather than when the chunk is whole.
                     let me = nodes[f.dst].id;
@@ -563,9 +559,7 @@ pub fn run(p: &Params) -> Outcome {
             if p.cut_through {
                 relays.complete(&f);
             }
-            let bytes = layouts[f.blob]
-                .range(f.chunk)
-                .map_or(0, |r| r.end - r.start);
+            let bytes = chunk_bytes(&layouts[f.blob], f.chunk);
             let source = match f.src {
                 Endpoint::Origin => {
                     out.origin_bytes += bytes;
@@ -644,6 +638,11 @@ fn start_next_layer(nodes: &mut [Node], i: usize, layouts: &[ChunkLayout]) {
         }
     }
     nodes[i].inbox[b] = view;
+}
+
+/// Bytes in `chunk` of a layer (0 past its end).
+fn chunk_bytes(layout: &ChunkLayout, chunk: u32) -> u64 {
+    layout.range(chunk).map_or(0, |r| r.end - r.start)
 }
 
 /// A layer's rendezvous salt (the daemon uses the digest's first bytes).
