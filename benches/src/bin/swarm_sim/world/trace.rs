@@ -108,6 +108,15 @@ pub(super) fn trace_line(
         .collect();
     uploaders.sort_unstable_by_key(|e| slot_of(*e, nodes.len()));
     uploaders.dedup();
+    let stalled_uploaders = (0..nodes.len())
+        .filter(|&i| !uploaders.contains(&Endpoint::Node(i)))
+        .filter(|&i| {
+            nodes[i]
+                .links
+                .iter()
+                .any(|&l| lacks_a_chunk_of(nodes, layouts, l, i))
+        })
+        .count();
     let idle = nodes
         .iter()
         .enumerate()
@@ -125,7 +134,7 @@ pub(super) fn trace_line(
         None => seed_up,
     };
     eprintln!(
-        "t {t:7.1}  done {:4}/{}  held {:5.1}%  origin {:6.3}x  origin flows {:4} (to {:4} nodes)  peer flows {:5} + {:5} queued  idle nodes {:4}  uploading nodes {:4}  use: origin {:3.0}%{seed_up}  nodes up {:3.0}% down {:3.0}%",
+        "t {t:7.1}  done {:4}/{}  held {:5.1}%  origin {:6.3}x  origin flows {:4} (to {:4} nodes)  peer flows {:5} + {:5} queued  idle nodes {:4}  uploading nodes {:4} (not uploading with chunks a link lacks: {:4})  use: origin {:3.0}%{seed_up}  nodes up {:3.0}% down {:3.0}%",
         nodes.iter().filter(|n| n.finished_at.is_some()).count(),
         nodes.len(),
         100.0 * held as f64 / (chunks * nodes.len()).max(1) as f64,
@@ -136,8 +145,24 @@ pub(super) fn trace_line(
         peer_queued,
         idle,
         uploaders.len(),
+        stalled_uploaders,
         100.0 * usage.origin_up,
         100.0 * usage.nodes_up,
         100.0 * usage.nodes_down,
     );
+}
+
+/// Whether node `l` still needs a chunk that node `i` holds: an uploader with such a
+/// link and no upload running is capacity the requesters leave unused.
+fn lacks_a_chunk_of(nodes: &[Node], layouts: &[ChunkLayout], l: usize, i: usize) -> bool {
+    let Some(needy) = nodes.get(l) else {
+        return false; // the warm seed, past the downloading nodes, lacks nothing
+    };
+    let holds = |n: &Node, b: usize, c: u32| {
+        n.done[b] || n.scheds[b].as_ref().is_some_and(|s| s.has_chunk(c))
+    };
+    layouts.iter().enumerate().any(|(b, layout)| {
+        needy.downloads(b)
+            && (0..layout.count()).any(|c| holds(&nodes[i], b, c) && !holds(needy, b, c))
+    })
 }
