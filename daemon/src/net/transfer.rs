@@ -46,9 +46,10 @@ const UPLOAD_PIECE: u64 = 256 * 1024;
 /// 2.19x to 1.49x at 100 when 5 s became 200 ms; 500 ms was in between. From 200 ms to
 /// 50 ms (about the time one of 8 busy slots takes to free at 200 Mbit/s and 1 MiB
 /// chunks): in a cold start's first seconds, requests sat in the queues of the few
-/// nodes that held the newest chunks while a fifth of the uploaders, holding chunks
-/// their links lacked, idled; 1000 nodes cold 1.34x -> 1.29x, warm 1.31x -> 1.23x,
-/// 100 nodes 1.29x -> 1.17x and 1.32x -> 1.21x; 8 and 33 nodes within 0.01.
+/// nodes that held the newest chunks while up to a quarter of the uploaders, holding
+/// chunks their links lacked, idled; 1000 nodes cold 1.34x -> 1.29x (1.26-1.31x over four
+/// link graphs), warm 1.31x -> 1.23x, 100 nodes 1.29x -> 1.17x and 1.32x -> 1.21x; 8
+/// and 33 nodes within 0.01.
 pub const UPLOAD_QUEUE_WAIT: Duration = Duration::from_millis(50);
 
 /// How long a new connection may take to present its `Hello`.
