@@ -112,6 +112,10 @@ pub enum UploadOrder {
     LeastServed,
     /// As `least-served` on a node that holds the whole model (a seed), FIFO elsewhere.
     SeedLeastServed,
+    /// As `least-served`, ties going to the requester that holds the fewest chunks of
+    /// the blob (an uploader knows its links' have-maps), then first come (exploration:
+    /// the daemon does not do this).
+    LeastServedThenBehind,
 }
 
 struct Node {
@@ -441,26 +445,30 @@ pub fn run(p: &Params) -> Outcome {
         let wait = p.upload_queue_wait.as_secs_f64();
         if p.upload_order != UploadOrder::Fifo {
             // Waiting requests per uploader, best first; admit while slots are free.
-            let mut waiting: Vec<(usize, u32, u64, usize)> = flows
+            let mut waiting: Vec<(usize, u32, u32, u64, usize)> = flows
                 .iter()
                 .enumerate()
                 .filter(|(_, f)| !f.admitted && f.starts <= t)
                 .filter_map(|(k, f)| match f.src {
                     Endpoint::Node(n) if busy[n] < p.upload_slots => {
-                        let ordered = p.upload_order == UploadOrder::LeastServed
+                        let ordered = p.upload_order != UploadOrder::SeedLeastServed
                             || nodes[n].done.iter().all(|d| *d);
                         let count = if ordered {
                             served[n][f.blob][f.chunk as usize]
                         } else {
                             0
                         };
-                        Some((n, count, (f.starts * 1e9) as u64, k))
+                        let held = match (&p.upload_order, &nodes[f.dst].scheds[f.blob]) {
+                            (UploadOrder::LeastServedThenBehind, Some(s)) => s.present(),
+                            _ => 0,
+                        };
+                        Some((n, count, held, (f.starts * 1e9) as u64, k))
                     }
                     _ => None,
                 })
                 .collect();
             waiting.sort_unstable();
-            for (n, _, _, k) in waiting {
+            for (n, _, _, _, k) in waiting {
                 if busy[n] < p.upload_slots {
                     busy[n] += 1;
                     flows[k].admitted = true;
