@@ -140,6 +140,15 @@ impl Node {
     fn downloads(&self, b: usize) -> bool {
         self.started[b] && !self.done[b]
     }
+
+    /// Whether the node holds chunk `c` of layer `b`: all of a layer it is done with, or
+    /// all of the model on the seed (no scheduler).
+    fn holds(&self, b: usize, c: u32) -> bool {
+        match self.scheds[b].as_ref().filter(|_| !self.done[b]) {
+            Some(s) => s.has_chunk(c),
+            None => true,
+        }
+    }
 }
 
 /// Runs one scenario.
@@ -627,11 +636,7 @@ fn start_next_layer(nodes: &mut [Node], i: usize, layouts: &[ChunkLayout]) {
         .collect();
     let mut view = Vec::new();
     for l in links {
-        // A node done with the layer, or the seed (no scheduler), holds all of it.
-        let held: Vec<bool> = match nodes[l].scheds[b].as_ref().filter(|_| !nodes[l].done[b]) {
-            Some(s) => (0..count as u32).map(|c| s.has_chunk(c)).collect(),
-            None => vec![true; count],
-        };
+        let held: Vec<bool> = (0..count as u32).map(|c| nodes[l].holds(b, c)).collect();
         view.push(Event::PeerBitfield {
             peer: nodes[l].id,
             chunks: held,

@@ -109,7 +109,11 @@ pub(super) fn trace_line(
     uploaders.sort_unstable_by_key(|e| slot_of(*e, nodes.len()));
     uploaders.dedup();
     let stalled_uploaders = (0..nodes.len())
-        .filter(|&i| !uploaders.contains(&Endpoint::Node(i)))
+        .filter(|&i| {
+            uploaders
+                .binary_search_by_key(&i, |e| slot_of(*e, nodes.len()))
+                .is_err()
+        })
         .filter(|&i| {
             nodes[i]
                 .links
@@ -158,11 +162,8 @@ fn lacks_a_chunk_of(nodes: &[Node], layouts: &[ChunkLayout], l: usize, i: usize)
     let Some(needy) = nodes.get(l) else {
         return false; // the warm seed, past the downloading nodes, lacks nothing
     };
-    let holds = |n: &Node, b: usize, c: u32| {
-        n.done[b] || n.scheds[b].as_ref().is_some_and(|s| s.has_chunk(c))
-    };
     layouts.iter().enumerate().any(|(b, layout)| {
         needy.downloads(b)
-            && (0..layout.count()).any(|c| holds(&nodes[i], b, c) && !holds(needy, b, c))
+            && (0..layout.count()).any(|c| nodes[i].holds(b, c) && !needy.holds(b, c))
     })
 }
