@@ -28,7 +28,7 @@
 //! | 1 | `Hello` | nonce `[32]`, proof `[32]`, agent (u16 len + UTF-8) |
 //! | 2 | `HaveMap` | digest, size u64, chunk size u32, bitfield (`ceil(count/8)` bytes, MSB first, spare bits zero); size and chunk size 0 with no bitfield: layout not known yet |
 //! | 3 | `Have` | digest, chunk u32 |
-//! | 4 | `Request` | digest, chunk u32 |
+//! | 4 | `Request` | digest, chunk u32, held u32 (chunks of the blob the requester holds) |
 //! | 5 | `ChunkData` | digest, chunk u32, len u32; then `len` raw bytes |
 //! | 6 | `IndexRequest` | digest |
 //! | 7 | `Index` | digest, size u64, chunk size u32, one BLAKE3 `[32]` per chunk |
@@ -165,6 +165,9 @@ pub enum Message {
         digest: Digest,
         /// Chunk index.
         chunk: u32,
+        /// How many chunks of the blob the requester holds: a busy uploader admits the
+        /// requester furthest behind first (`u32::MAX` when it does not say).
+        held: u32,
     },
     /// `len` raw chunk bytes follow this frame.
     ChunkData {
@@ -412,9 +415,18 @@ impl Message {
                 out.extend_from_slice(&chunk_size.to_be_bytes());
                 out.extend_from_slice(bitfield);
             }
-            Message::Have { digest, chunk } | Message::Request { digest, chunk } => {
+            Message::Have { digest, chunk } => {
                 out.extend_from_slice(digest.as_bytes());
                 out.extend_from_slice(&chunk.to_be_bytes());
+            }
+            Message::Request {
+                digest,
+                chunk,
+                held,
+            } => {
+                out.extend_from_slice(digest.as_bytes());
+                out.extend_from_slice(&chunk.to_be_bytes());
+                out.extend_from_slice(&held.to_be_bytes());
             }
             Message::ChunkData { digest, chunk, len } => {
                 out.extend_from_slice(digest.as_bytes());
@@ -559,6 +571,7 @@ impl Message {
             4 => Message::Request {
                 digest: r.digest()?,
                 chunk: r.u32()?,
+                held: r.u32()?,
             },
             5 => Message::ChunkData {
                 digest: r.digest()?,

@@ -486,9 +486,11 @@ impl Transfer {
         mut recv: RecvStream,
     ) -> Result<(), NetError> {
         let reply = match read_message(&mut recv).await? {
-            Message::Request { digest, chunk } => {
-                return self.serve_chunk(send, digest, chunk).await
-            }
+            Message::Request {
+                digest,
+                chunk,
+                held,
+            } => return self.serve_chunk(send, digest, chunk, held).await,
             Message::HaveMap {
                 digest,
                 layout,
@@ -600,6 +602,7 @@ impl Transfer {
         mut send: SendStream,
         digest: Digest,
         chunk: u32,
+        held: u32,
     ) -> Result<(), NetError> {
         let reject = |reason| Message::Reject {
             digest,
@@ -613,8 +616,11 @@ impl Transfer {
         }
         // Queue for a slot for a while: an immediate Busy makes requesters retry in a
         // tight loop; past the wait they are better off asking someone else. The queue
-        // is ordered by how often this node has sent each chunk (`slots`).
-        let permit = self.uploads.acquire(digest, chunk, UPLOAD_QUEUE_WAIT).await;
+        // is ordered by how often this node has sent each chunk, then by how far behind
+        // the requester is (`slots`).
+        let permit = (self.uploads)
+            .acquire(digest, chunk, held, UPLOAD_QUEUE_WAIT)
+            .await;
         let Some(_permit) = permit else {
             write_message(&mut send, &reject(RejectReason::Busy)).await?;
             let _ = send.finish();

@@ -540,11 +540,13 @@ impl Run {
                 let conn = peer.conn.clone();
                 let metrics = self.ctx.metrics.clone();
                 let slots = self.swarm.peer_requests.clone();
+                let partial = self.partial.clone();
                 tokio::spawn(async move {
                     let Ok(_slot) = slots.acquire_owned().await else {
                         return;
                     };
-                    let outcome = match conn.fetch_chunk(digest, chunk, len).await {
+                    let held = partial.held();
+                    let outcome = match conn.fetch_chunk(digest, chunk, held, len).await {
                         Ok(bytes) if bytes.len() as u32 == len => {
                             metrics.peer_bytes.inc_by(bytes.len() as u64);
                             write(&writes, chunk, bytes, expected).await

@@ -81,7 +81,7 @@ async fn fetch_whole(conn: &PeerConnection, digest: Digest, max: u64) -> Option<
     for chunk in 0..layout.count() {
         let range = layout.range(chunk)?;
         let bytes = conn
-            .fetch_chunk(digest, chunk, (range.end - range.start) as u32)
+            .fetch_chunk(digest, chunk, chunk, (range.end - range.start) as u32)
             .await
             .ok()?;
         body.extend_from_slice(&bytes);

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use shoal_proto::wire::bitfield;
@@ -17,6 +18,8 @@ pub(crate) struct PartialBlob {
     layout: OnceLock<ChunkLayout>,
     file: OnceLock<Arc<File>>,
     bits: Mutex<Vec<u8>>,
+    /// Chunks set in `bits`.
+    held: AtomicU32,
     links: mpsc::UnboundedSender<Box<PeerLink>>,
 }
 
@@ -32,9 +35,15 @@ impl PartialBlob {
     /// Marks a chunk written (after the write returned).
     pub(crate) fn set_present(&self, chunk: u32) {
         let mut bits = lock(&self.bits);
-        if chunk < self.layout.get().map_or(0, |l| l.count()) {
+        if chunk < self.layout.get().map_or(0, |l| l.count()) && !bitfield::get(&bits, chunk) {
             bitfield::set(&mut bits, chunk);
+            self.held.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// How many chunks are written: what this node's chunk requests tell uploaders.
+    pub(crate) fn held(&self) -> u32 {
+        self.held.load(Ordering::Relaxed)
     }
 
     /// Layout and bitfield now.
@@ -64,6 +73,7 @@ impl Partials {
             layout: OnceLock::new(),
             file: OnceLock::new(),
             bits: Mutex::new(Vec::new()),
+            held: AtomicU32::new(0),
             links,
         });
         lock(&self.map).insert(digest, blob.clone());
@@ -104,5 +114,26 @@ impl LocalBlobs for Partials {
             Some(blob) => blob.links.send(link).map_err(|e| e.0),
             None => Err(link),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_counts_each_written_chunk_once() {
+        let partials = Partials::default();
+        let (blob, _links) = partials.register(Digest::from_sha256_bytes([1; 32]));
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        blob.set_layout(ChunkLayout::new(10 * 65_536, 65_536), file);
+        for chunk in [3, 3, 0, 9, 10, u32::MAX] {
+            blob.set_present(chunk);
+        }
+        assert_eq!(
+            blob.held(),
+            3,
+            "chunks 0, 3 and 9; repeats and out-of-range ignored"
+        );
     }
 }

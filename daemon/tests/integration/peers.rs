@@ -83,7 +83,7 @@ async fn shoald_serves_verified_chunks_to_authenticated_peers_only() {
     let index = conn.fetch_index(digest).await.unwrap();
     assert_eq!(index.layout.size, layer.bytes.len() as u64);
     for chunk in 0..index.layout.count() {
-        let bytes = conn.fetch_chunk(digest, chunk, 64 << 20).await.unwrap();
+        let bytes = conn.fetch_chunk(digest, chunk, 0, 64 << 20).await.unwrap();
         assert_eq!(
             blake3::hash(&bytes).as_bytes(),
             &index.hashes[chunk as usize].0,
@@ -111,7 +111,7 @@ async fn shoald_serves_verified_chunks_to_authenticated_peers_only() {
             "survived {hostile:?}"
         );
         let good = peer.connect(addr, Some(peer_id)).await.unwrap();
-        assert!(good.fetch_chunk(digest, 0, 64 << 20).await.is_ok());
+        assert!(good.fetch_chunk(digest, 0, 0, 64 << 20).await.is_ok());
     }
 
     // The wrong secret is refused, and the refusal is logged.
@@ -131,7 +131,10 @@ async fn shoald_serves_verified_chunks_to_authenticated_peers_only() {
         .await
         .expect("same PeerId after restart");
     assert_eq!(
-        conn.fetch_chunk(digest, 0, 64 << 20).await.unwrap().len(),
+        conn.fetch_chunk(digest, 0, 0, 64 << 20)
+            .await
+            .unwrap()
+            .len(),
         shoal_proto::DEFAULT_CHUNK_SIZE as usize
     );
 }

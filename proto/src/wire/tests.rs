@@ -31,6 +31,7 @@ fn samples() -> Vec<Message> {
         Message::Request {
             digest: d(3),
             chunk: u32::MAX,
+            held: 17,
         },
         Message::ChunkData {
             digest: d(4),

@@ -75,8 +75,8 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration)]
     upload_queue_wait: Option<Duration>,
     /// Which waiting request an uploader admits to a free slot (the daemon's:
-    /// least-served).
-    #[arg(long, value_enum, default_value = "least-served")]
+    /// least-served-then-behind).
+    #[arg(long, value_enum, default_value = "least-served-then-behind")]
     upload_order: world::UploadOrder,
     /// Override the stream window, in chunks (exploration).
     #[arg(long)]

@@ -12,7 +12,8 @@
 //! requests in flight (excess requests wait) and each download's share of it (the
 //! driver's `peer_requests_per_download`), `upload_slots` uploads per node with
 //! requests refused (Busy) after waiting `upload_queue_wait`, a free slot going to the
-//! waiting request for the chunk the node has uploaded least (`upload_order`), and a
+//! waiting request for the chunk the node has uploaded least, then to the requester
+//! furthest behind (`upload_order`), and a
 //! Tick every 500 ms (the driver ticks every 200 ms; ticks only drive timeouts and
 //! grace periods).
 //! Rates are approximately max-min fair (see [`allocate`]). With `cut_through` (an
@@ -108,13 +109,13 @@ pub enum UploadOrder {
     /// First come, first served (the daemon before session 10).
     Fifo,
     /// The request for the chunk this node has uploaded the fewest times, then first
-    /// come (the daemon's `net::transfer` upload slots).
+    /// come (the daemon before session 15).
     LeastServed,
     /// As `least-served` on a node that holds the whole model (a seed), FIFO elsewhere.
     SeedLeastServed,
-    /// As `least-served`, ties going to the requester that holds the fewest chunks of
-    /// the blob (an uploader knows its links' have-maps), then first come (exploration:
-    /// the daemon does not do this).
+    /// As `least-served`, ties going to the requester that held the fewest chunks of the
+    /// blob when it asked, then first come (the daemon's `net::transfer` upload slots;
+    /// its `Request` carries the count).
     LeastServedThenBehind,
 }
 
@@ -148,6 +149,11 @@ impl Node {
             Some(s) => s.has_chunk(c),
             None => true,
         }
+    }
+
+    /// Chunks of layer `b` the node has received (what its requests tell uploaders).
+    fn held(&self, b: usize) -> u32 {
+        self.scheds[b].as_ref().map_or(0, |s| s.present())
     }
 }
 
@@ -351,6 +357,7 @@ pub fn run(p: &Params) -> Outcome {
                                 dst: i,
                                 blob: b,
                                 chunk,
+                                held: nodes[i].held(b),
                                 remaining: bytes as f64,
                                 starts: t + lat,
                                 admitted: src == Endpoint::Origin,
@@ -409,6 +416,7 @@ pub fn run(p: &Params) -> Outcome {
                         dst: i,
                         blob: wb,
                         chunk,
+                        held: nodes[i].held(wb),
                         remaining: bytes as f64,
                         starts: t + lat,
                         admitted: false,
@@ -467,8 +475,8 @@ pub fn run(p: &Params) -> Outcome {
                         } else {
                             0
                         };
-                        let held = match (&p.upload_order, &nodes[f.dst].scheds[f.blob]) {
-                            (UploadOrder::LeastServedThenBehind, Some(s)) => s.present(),
+                        let held = match p.upload_order {
+                            UploadOrder::LeastServedThenBehind => f.held,
                             _ => 0,
                         };
                         Some((n, count, held, (f.starts * 1e9) as u64, k))

@@ -65,15 +65,22 @@ impl PeerConnection {
         Ok((reply, recv))
     }
 
-    /// Fetches one chunk (at most `max_len` bytes). The caller verifies it.
+    /// Fetches one chunk (at most `max_len` bytes). The caller verifies it. `held`: how
+    /// many chunks of the blob this node holds, which orders a busy uploader's queue.
     pub async fn fetch_chunk(
         &self,
         digest: Digest,
         chunk: u32,
+        held: u32,
         max_len: u32,
     ) -> Result<Bytes, NetError> {
         self.download_rate.acquire(u64::from(max_len)).await;
-        match self.request(&Message::Request { digest, chunk }).await? {
+        let request = Message::Request {
+            digest,
+            chunk,
+            held,
+        };
+        match self.request(&request).await? {
             (
                 Message::ChunkData {
                     digest: d,

@@ -11,6 +11,11 @@
 //! 33 nodes 1.37-1.43x -> 1.28-1.32x T_limit, 200 nodes 1.50x -> 1.35x. Every uploader
 //! orders its queue this way; in a cold start it spreads the chunks a node holds
 //! (200 nodes 1.33x -> 1.31x).
+//!
+//! Among requests for chunks sent equally often, the requester that holds the fewest
+//! chunks of the blob (it says so in its `Request`) goes first. Otherwise nodes that
+//! fall behind stay behind: with one 5 GB layer and a 50 ms queue, simulated, the
+//! last of 1000 nodes finished at 1.46x T_limit while the median was at 1.05x.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -46,6 +51,8 @@ struct Waiter {
     seq: u64,
     digest: Digest,
     chunk: u32,
+    /// Chunks of the blob the requester holds.
+    held: u32,
     wake: oneshot::Sender<()>,
 }
 
@@ -140,12 +147,14 @@ impl UploadSlots {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A slot to upload `chunk` of `digest`, waiting at most `wait` for one; `None` when
-    /// none came free for this request in time, or the slots are closed.
+    /// A slot to upload `chunk` of `digest` to a requester holding `held` chunks of it,
+    /// waiting at most `wait` for one; `None` when none came free for this request in
+    /// time, or the slots are closed.
     pub(crate) async fn acquire(
         &self,
         digest: Digest,
         chunk: u32,
+        held: u32,
         wait: Duration,
     ) -> Option<UploadPermit<'_>> {
         let mut queued = {
@@ -165,6 +174,7 @@ impl UploadSlots {
                 seq,
                 digest,
                 chunk,
+                held,
                 wake,
             });
             Queued {
@@ -189,7 +199,7 @@ impl UploadSlots {
                 .waiters
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, w)| (st.served(&w.digest, w.chunk), w.seq))
+                .min_by_key(|(_, w)| (st.served(&w.digest, w.chunk), w.held, w.seq))
                 .map(|(i, _)| i);
             let Some(i) = best else { break };
             let waiter = st.waiters.remove(i);
@@ -245,14 +255,42 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_past_capacity_is_refused_after_the_wait() {
         let slots = UploadSlots::new(1);
-        let held = slots.acquire(digest(1), 0, WAIT).await;
-        assert!(held.is_some());
+        let running = slots.acquire(digest(1), 0, 0, WAIT).await;
+        assert!(running.is_some());
         let started = Instant::now();
-        assert!(slots.acquire(digest(1), 1, WAIT).await.is_none());
+        assert!(slots.acquire(digest(1), 1, 0, WAIT).await.is_none());
         assert_eq!(started.elapsed(), WAIT);
-        drop(held);
+        drop(running);
         assert_eq!(slots.in_use(), 0);
-        assert!(slots.acquire(digest(1), 1, WAIT).await.is_some());
+        assert!(slots.acquire(digest(1), 1, 0, WAIT).await.is_some());
+    }
+
+    /// Queues `requests` ((chunk, chunks the requester holds), in arrival order) behind
+    /// the one running upload of `d`, releases it, and returns the chunks in the order
+    /// they were admitted.
+    async fn admission_order(
+        slots: &Arc<UploadSlots>,
+        d: Digest,
+        running: Option<UploadPermit<'_>>,
+        requests: &[(u32, u32)],
+    ) -> Vec<u32> {
+        let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+        for &(chunk, held) in requests {
+            let (slots, tx) = (slots.clone(), tx.clone());
+            tokio::spawn(async move {
+                let permit = slots.acquire(d, chunk, held, Duration::from_secs(5)).await;
+                assert!(permit.is_some());
+                let _ = tx.send(chunk);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            });
+            tokio::task::yield_now().await;
+        }
+        drop(running);
+        let mut got = Vec::new();
+        for _ in requests {
+            got.extend(order.recv().await);
+        }
+        got
     }
 
     #[tokio::test(start_paused = true)]
@@ -260,68 +298,70 @@ mod tests {
         let slots = Arc::new(UploadSlots::new(1));
         let d = digest(2);
         // Chunk 0 has been uploaded once and is being uploaded again now.
-        drop(slots.acquire(d, 0, WAIT).await);
-        let held = slots.acquire(d, 0, WAIT).await;
-        let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
-        for chunk in [0u32, 5, 7] {
-            let (slots, tx) = (slots.clone(), tx.clone());
-            tokio::spawn(async move {
-                let permit = slots.acquire(d, chunk, Duration::from_secs(5)).await;
-                assert!(permit.is_some());
-                let _ = tx.send(chunk);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            });
-            tokio::task::yield_now().await;
-        }
-        drop(held);
-        let mut got = Vec::new();
-        for _ in 0..3 {
-            got.push(order.recv().await);
-        }
+        drop(slots.acquire(d, 0, 0, WAIT).await);
+        let running = slots.acquire(d, 0, 0, WAIT).await;
+        let got = admission_order(&slots, d, running, &[(0, 0), (5, 0), (7, 0)]).await;
         // 5 and 7 were never uploaded, 5 asked first; chunk 0 (twice before) is last.
-        assert_eq!(got, [Some(5), Some(7), Some(0)]);
+        assert_eq!(got, [5, 7, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn among_chunks_served_equally_the_requester_holding_least_goes_first() {
+        let slots = Arc::new(UploadSlots::new(1));
+        let d = digest(7);
+        // Chunk 9 was sent once.
+        drop(slots.acquire(d, 9, 0, WAIT).await);
+        let running = slots.acquire(d, 0, 0, WAIT).await;
+        let requests = [(1, 40), (2, 3), (9, 0), (3, 40), (4, 10)];
+        let got = admission_order(&slots, d, running, &requests).await;
+        // Never-sent chunks by holdings (ties by arrival); the repeat last, though its
+        // requester holds nothing.
+        assert_eq!(got, [2, 4, 1, 3, 9]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_request_cancelled_after_it_was_handed_a_slot_passes_it_on() {
         let slots = Arc::new(UploadSlots::new(1));
-        let held = slots.acquire(digest(6), 0, WAIT).await;
+        let running = slots.acquire(digest(6), 0, 0, WAIT).await;
         let waiter = {
             let slots = slots.clone();
-            tokio::spawn(async move { slots.acquire(digest(6), 1, WAIT).await.is_some() })
+            tokio::spawn(async move { slots.acquire(digest(6), 1, 0, WAIT).await.is_some() })
         };
         tokio::task::yield_now().await;
         // The slot is handed to the waiter, whose task ends before it can take it.
-        drop(held);
+        drop(running);
         waiter.abort();
         assert!(waiter.await.is_err(), "aborted before it ran again");
         assert_eq!(slots.in_use(), 0, "the slot was passed on, not leaked");
-        assert!(slots.acquire(digest(6), 2, Duration::ZERO).await.is_some());
+        assert!(slots
+            .acquire(digest(6), 2, 0, Duration::ZERO)
+            .await
+            .is_some());
     }
 
     #[tokio::test(start_paused = true)]
     async fn counts_are_per_blob_and_forgotten_after_a_while() {
         let slots = UploadSlots::new(4);
         let (a, b) = (digest(3), digest(4));
-        drop(slots.acquire(a, 1, WAIT).await);
-        drop(slots.acquire(a, 1, WAIT).await);
+        drop(slots.acquire(a, 1, 0, WAIT).await);
+        drop(slots.acquire(a, 1, 0, WAIT).await);
         assert_eq!(slots.lock().served(&a, 1), 2);
         assert_eq!(slots.lock().served(&b, 1), 0);
         tokio::time::advance(SERVED_MEMORY).await;
-        drop(slots.acquire(a, 1, WAIT).await);
+        drop(slots.acquire(a, 1, 0, WAIT).await);
         assert_eq!(slots.lock().served(&a, 1), 1);
         tokio::time::advance(SERVED_MEMORY).await;
-        drop(slots.acquire(b, 1, WAIT).await);
+        drop(slots.acquire(b, 1, 0, WAIT).await);
         assert!(!slots.lock().served.contains_key(&a), "idle blob pruned");
     }
 
     #[tokio::test(start_paused = true)]
     async fn closing_refuses_waiters_and_idle_waits_for_running_uploads() {
         let slots = Arc::new(UploadSlots::new(1));
-        let held = slots.acquire(digest(5), 0, WAIT).await;
+        let running = slots.acquire(digest(5), 0, 0, WAIT).await;
         let waiter = {
             let slots = slots.clone();
-            tokio::spawn(async move { slots.acquire(digest(5), 1, WAIT).await.is_some() })
+            tokio::spawn(async move { slots.acquire(digest(5), 1, 0, WAIT).await.is_some() })
         };
         tokio::task::yield_now().await;
         slots.close();
@@ -329,14 +369,14 @@ mod tests {
             !waiter.await.unwrap(),
             "a waiting request is refused on close"
         );
-        assert!(slots.acquire(digest(5), 2, WAIT).await.is_none());
+        assert!(slots.acquire(digest(5), 2, 0, WAIT).await.is_none());
         let idle = {
             let slots = slots.clone();
             tokio::spawn(async move { slots.idle().await })
         };
         tokio::task::yield_now().await;
         assert!(!idle.is_finished());
-        drop(held);
+        drop(running);
         idle.await.unwrap();
         assert_eq!(slots.in_use(), 0);
     }

@@ -70,7 +70,7 @@ async fn serves_chunks_and_index_to_an_authenticated_peer() {
     let index = conn.fetch_index(d).await.unwrap();
     assert_eq!(index, record.chunks);
     for chunk in 0..index.layout.count() {
-        let bytes = conn.fetch_chunk(d, chunk, 1 << 20).await.unwrap();
+        let bytes = conn.fetch_chunk(d, chunk, 0, 1 << 20).await.unwrap();
         let range = index.layout.range(chunk).unwrap();
         assert_eq!(&bytes[..], &data[range.start as usize..range.end as usize]);
         assert_eq!(
@@ -80,16 +80,16 @@ async fn serves_chunks_and_index_to_an_authenticated_peer() {
     }
     let (_, unknown) = blob(10);
     assert!(matches!(
-        conn.fetch_chunk(unknown, 0, 1 << 20).await,
+        conn.fetch_chunk(unknown, 0, 0, 1 << 20).await,
         Err(NetError::Rejected(RejectReason::NotPresent))
     ));
     assert!(matches!(
-        conn.fetch_chunk(d, 99, 1 << 20).await,
+        conn.fetch_chunk(d, 99, 0, 1 << 20).await,
         Err(NetError::Rejected(RejectReason::NotPresent))
     ));
     // A chunk larger than the caller allows is refused, not read.
     assert!(matches!(
-        conn.fetch_chunk(d, 0, 1000).await,
+        conn.fetch_chunk(d, 0, 0, 1000).await,
         Err(NetError::Protocol(_))
     ));
 }
@@ -170,7 +170,7 @@ async fn malformed_and_oversized_messages_drop_only_that_connection() {
         // Everyone else is still served.
         let fresh = a.transfer.connect(addr, None).await.unwrap();
         assert_eq!(
-            fresh.fetch_chunk(d, 0, 1 << 20).await.unwrap().len(),
+            fresh.fetch_chunk(d, 0, 0, 1 << 20).await.unwrap().len(),
             64 * 1024
         );
     }

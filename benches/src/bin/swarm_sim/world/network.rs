@@ -13,6 +13,9 @@ pub(super) struct Flow {
     pub(super) dst: usize,
     pub(super) blob: usize,
     pub(super) chunk: u32,
+    /// Chunks of the blob the requester held when it asked (the daemon's `Request`
+    /// carries the count).
+    pub(super) held: u32,
     pub(super) remaining: f64,
     pub(super) starts: f64,
     /// Holds one of the sender's upload slots (the origin has no limit).
