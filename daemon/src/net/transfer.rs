@@ -45,11 +45,12 @@ const UPLOAD_PIECE: u64 = 256 * 1024;
 /// starts (benches/RESULTS.md) went from 1.74x to 1.41x T_limit at 33 nodes and from
 /// 2.19x to 1.49x at 100 when 5 s became 200 ms; 500 ms was in between. 50 ms (about
 /// the time one of 8 busy slots takes to free at 200 Mbit/s with 1 MiB chunks) brings
-/// the 512 MiB model's starts down (1000 nodes cold 1.34x -> 1.26-1.31x, warm 1.31x ->
-/// 1.23x) but stretches a 5 GB layer's tail (100 nodes 1.11x -> 1.19x, 1000 nodes
-/// 1.10x -> 1.46x): nodes that fall behind stay behind. Not before uploaders admit the
-/// least complete requester first (simulated with both, 100 nodes x 5 GB: 1.06x).
-pub const UPLOAD_QUEUE_WAIT: Duration = Duration::from_millis(200);
+/// the 512 MiB model's starts down further (simulated, slots admitting the least
+/// complete requester first: 100 nodes cold 1.25x -> 1.16x, warm 1.29x -> 1.22x;
+/// 1000 nodes cold 1.25-1.29x over four link graphs, warm 1.23x). With uploads ordered
+/// by the chunk's count alone it stretched a 5 GB layer's tail (1000 nodes 1.10x ->
+/// 1.46x): nodes that fell behind stayed behind. With that order it is 1.07x.
+pub const UPLOAD_QUEUE_WAIT: Duration = Duration::from_millis(50);
 
 /// How long a new connection may take to present its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

@@ -71,7 +71,7 @@ struct Args {
     #[arg(long, default_value = "8")]
     upload_slots: usize,
     /// How long a chunk request waits for an upload slot before the uploader refuses it
-    /// (default: the daemon's `UPLOAD_QUEUE_WAIT`, 200 ms).
+    /// (default: the daemon's `UPLOAD_QUEUE_WAIT`, 50 ms).
     #[arg(long, value_parser = humantime::parse_duration)]
     upload_queue_wait: Option<Duration>,
     /// Which waiting request an uploader admits to a free slot (the daemon's:
