@@ -13,8 +13,9 @@
 //!
 //! `length` counts the version byte, the type byte and the payload. A frame longer than
 //! [`MAX_FRAME`] is refused before it is read, so a peer cannot make a node buffer
-//! arbitrary amounts. [`VERSION`] is 1; a frame of another version is an error (the
-//! connection is dropped; future versions are negotiated in [`Message::Hello`]).
+//! arbitrary amounts. [`VERSION`] is 2 (version 1's `Request` had no held count); a
+//! frame of another version is an error (the connection is dropped, and the log names
+//! both versions; future versions are negotiated in [`Message::Hello`]).
 //! All integers are big-endian; a digest is its 32 raw sha256 bytes.
 //!
 //! Chunk bytes do not travel inside a frame: [`Message::ChunkData`] announces `len`
@@ -81,7 +82,7 @@ use crate::chunk::{ChunkHash, ChunkIndex, ChunkLayout, MIN_CHUNK_SIZE};
 use crate::digest::Digest;
 
 /// Protocol version spoken by this build.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Largest frame accepted (version + type + payload): 8 MiB. An `Index` of a blob with
 /// the default 1 MiB chunks fits up to ~256 GiB (2 MiB chunks: ~512 GiB).
@@ -166,7 +167,7 @@ pub enum Message {
         /// Chunk index.
         chunk: u32,
         /// How many chunks of the blob the requester holds: a busy uploader admits the
-        /// requester furthest behind first (`u32::MAX` when it does not say).
+        /// requester furthest behind first.
         held: u32,
     },
     /// `len` raw chunk bytes follow this frame.

@@ -98,11 +98,13 @@ async fn shoald_serves_verified_chunks_to_authenticated_peers_only() {
 
     // Malformed and oversized frames drop that connection; the daemon keeps serving.
     #[cfg(feature = "fault-injection")]
+    let version = shoal_proto::wire::VERSION;
+    #[cfg(feature = "fault-injection")]
     for hostile in [
-        vec![0xff, 0xff, 0xff, 0xff, 1, 4],       // 4 GiB length prefix
+        vec![0xff, 0xff, 0xff, 0xff, version, 4], // 4 GiB length prefix
         vec![0, 0, 0, 3, 9, 4, 0],                // unknown version
-        vec![0, 0, 0, 8, 1, 4, 1, 2, 3, 4, 5, 6], // Request cut short
-        vec![0, 0, 0, 2, 1, 200],                 // unknown type
+        vec![0, 0, 0, 8, version, 4, 1, 2, 3, 4, 5, 6], // Request cut short
+        vec![0, 0, 0, 2, version, 200],           // unknown type
     ] {
         let bad = peer.connect(addr, Some(peer_id)).await.unwrap();
         bad.send_raw(&hostile).await.unwrap();

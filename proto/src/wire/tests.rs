@@ -140,13 +140,21 @@ fn rejects_oversized_unknown_and_malformed() {
         Message::decode(&big),
         Err(DecodeError::Oversized(MAX_FRAME + 1))
     );
-    let mut v2 = Message::Have {
+    let mut v3 = Message::Have {
         digest: d(1),
         chunk: 1,
     }
     .to_bytes();
-    v2[4] = 2;
-    assert_eq!(Message::decode(&v2), Err(DecodeError::UnknownVersion(2)));
+    v3[4] = 3;
+    assert_eq!(Message::decode(&v3), Err(DecodeError::UnknownVersion(3)));
+    // A version 1 node's `Request` (no held count) names the version, not a bad length.
+    let mut v1_request = vec![0, 0, 0, 38, 1, 4];
+    v1_request.extend_from_slice(d(1).as_bytes());
+    v1_request.extend_from_slice(&7u32.to_be_bytes());
+    assert_eq!(
+        Message::decode(&v1_request),
+        Err(DecodeError::UnknownVersion(1))
+    );
     let mut t = Message::Have {
         digest: d(1),
         chunk: 1,

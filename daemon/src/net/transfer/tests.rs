@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
-use shoal_proto::wire::{Message, RejectReason};
+use shoal_proto::wire::{Message, RejectReason, VERSION};
 use shoal_proto::Digest;
 
 use super::*;
@@ -151,9 +151,9 @@ async fn malformed_and_oversized_messages_drop_only_that_connection() {
     b.store.put_bytes(d, &data, None).unwrap();
     let addr = b.transfer.local_addr().unwrap();
     let hostile: Vec<Vec<u8>> = vec![
-        vec![0xff, 0xff, 0xff, 0xff, 1, 3], // oversized length
-        vec![0, 0, 0, 3, 9, 3, 0],          // unknown version
-        vec![0, 0, 0, 6, 1, 4, 1, 2, 3, 4], // Request cut short
+        vec![0xff, 0xff, 0xff, 0xff, VERSION, 3], // oversized length
+        vec![0, 0, 0, 3, 9, 3, 0],                // unknown version
+        vec![0, 0, 0, 6, VERSION, 4, 1, 2, 3, 4], // Request cut short
         Message::Have {
             digest: d,
             chunk: 0,
