@@ -74,8 +74,21 @@ pub fn peer_requests_per_download(concurrent: usize) -> usize {
 pub const LARGE_SWARM: usize = 400;
 
 /// Total origin-frontier chunks over the node's downloads running at once
-/// ([`origin_frontier`]).
-const ORIGIN_FRONTIER_BUDGET: u32 = 16;
+/// ([`origin_frontier`]). Simulated cold starts at 200 nodes, 512 MiB (benches/RESULTS.md,
+/// session 15), a budget of 24 against 16: 2 layers 1.22x -> 1.17x T_limit, 4 layers
+/// 1.23-1.24x -> 1.18x on three link graphs, 8 layers (3 each against 4) 1.21x ->
+/// 1.20x; 8 to 100 nodes within 0.02 either way; 1000 nodes, 4 layers (12 per layer
+/// against 8, doubled) 1.25-1.29x -> 1.27x on four link graphs; 4 layers at 400
+/// nodes, undoubled, 1.36x -> 1.21x.
+const ORIGIN_FRONTIER_BUDGET: u32 = 24;
+
+/// The origin frontier of a download alone, and the most of any download: one layer's
+/// frontier of 24 was better at 200 nodes (1.21x -> 1.17x) but worse at 8 (1.16x ->
+/// 1.20x).
+const MAX_ORIGIN_FRONTIER: u32 = 16;
+
+/// The least origin frontier of one download, however many run at once.
+const MIN_ORIGIN_FRONTIER: u32 = 3;
 
 /// The origin frontier for a download while `concurrent` swarm downloads run on this
 /// node (it included). Each download's owners keep about one origin range per frontier
@@ -83,11 +96,11 @@ const ORIGIN_FRONTIER_BUDGET: u32 = 16;
 /// at once to fill the origin's uplink; too many and every chunk arrives late. What
 /// counts is the total over the blobs pulled together. Simulated cold starts
 /// (benches/RESULTS.md): 512 MiB in 4 layers, 33 nodes, 4 per layer 1.41x T_limit and
-/// 8 per layer 1.47x; 1 GB in one layer, 33 nodes, 4: 1.49x, 16: 1.20x, 32: 1.26x,
-/// none: 1.32x; 5 GB in one layer, 8 nodes, 4: 1.32x, 16: 1.17x.
+/// 8 per layer 1.47x (session 7's scheduler); 1 GB in one layer, 33 nodes, 4: 1.49x,
+/// 16: 1.20x, 32: 1.26x, none: 1.32x; 5 GB in one layer, 8 nodes, 4: 1.32x, 16: 1.17x.
 pub fn origin_frontier(concurrent: usize) -> u32 {
     let concurrent = u32::try_from(concurrent.max(1)).unwrap_or(u32::MAX);
-    (ORIGIN_FRONTIER_BUDGET / concurrent).clamp(4, ORIGIN_FRONTIER_BUDGET)
+    (ORIGIN_FRONTIER_BUDGET / concurrent).clamp(MIN_ORIGIN_FRONTIER, MAX_ORIGIN_FRONTIER)
 }
 
 #[cfg(test)]
@@ -106,9 +119,9 @@ mod tests {
 
     #[test]
     fn the_frontier_budget_is_split_over_concurrent_downloads() {
-        let frontiers: Vec<u32> = (0..=5).map(origin_frontier).collect();
-        assert_eq!(frontiers, [16, 16, 8, 5, 4, 4]);
-        assert_eq!(origin_frontier(usize::MAX), 4);
+        let frontiers: Vec<u32> = (0..=9).map(origin_frontier).collect();
+        assert_eq!(frontiers, [16, 16, 12, 8, 6, 4, 4, 3, 3, 3]);
+        assert_eq!(origin_frontier(usize::MAX), MIN_ORIGIN_FRONTIER);
     }
 
     #[test]
