@@ -80,8 +80,9 @@ async fn fetch_whole(conn: &PeerConnection, digest: Digest, max: u64) -> Option<
     let mut body = BytesMut::with_capacity(layout.size as usize);
     for chunk in 0..layout.count() {
         let range = layout.range(chunk)?;
+        let held = chunk; // in order: the chunks before this one
         let bytes = conn
-            .fetch_chunk(digest, chunk, chunk, (range.end - range.start) as u32)
+            .fetch_chunk(digest, chunk, held, (range.end - range.start) as u32)
             .await
             .ok()?;
         body.extend_from_slice(&bytes);
