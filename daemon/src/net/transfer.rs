@@ -49,7 +49,9 @@ const UPLOAD_PIECE: u64 = 256 * 1024;
 /// complete requester first: 100 nodes cold 1.25x -> 1.16x, warm 1.29x -> 1.22x;
 /// 1000 nodes cold 1.25-1.29x over four link graphs, warm 1.23x). With uploads ordered
 /// by the chunk's count alone it stretched a 5 GB layer's tail (1000 nodes 1.10x ->
-/// 1.46x): nodes that fell behind stayed behind. With that order it is 1.07x.
+/// 1.46x): nodes that fell behind stayed behind. With that order it is 1.07x. Tuned at
+/// 200 Mbit/s: at 1 Gbit/s a slot frees every 8 ms and 10 ms is better (simulated, 100
+/// nodes 1.38x -> 1.25x), so the wait ought to follow the interval between releases.
 pub const UPLOAD_QUEUE_WAIT: Duration = Duration::from_millis(50);
 
 /// How long a new connection may take to present its `Hello`.
