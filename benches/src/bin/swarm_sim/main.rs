@@ -71,7 +71,8 @@ struct Args {
     #[arg(long, default_value = "8")]
     upload_slots: usize,
     /// How long a chunk request waits for an upload slot before the uploader refuses it
-    /// (default: the daemon's `UPLOAD_QUEUE_WAIT`, 50 ms).
+    /// (default: the daemon's rule, a little more than the average interval at which the
+    /// uploader's freed slots go to waiting requests, 50 ms before one is measured).
     #[arg(long, value_parser = humantime::parse_duration)]
     upload_queue_wait: Option<Duration>,
     /// Which waiting request an uploader admits to a free slot (the daemon's:
@@ -182,9 +183,7 @@ fn main() -> Result<()> {
                     .peer_cap
                     .unwrap_or(shoal_daemon::swarm::MAX_PEER_REQUESTS),
                 upload_slots: args.upload_slots.max(1),
-                upload_queue_wait: args
-                    .upload_queue_wait
-                    .unwrap_or(shoal_daemon::net::transfer::UPLOAD_QUEUE_WAIT),
+                upload_queue_wait: args.upload_queue_wait,
                 upload_order: args.upload_order,
                 step: args.step,
                 settle: Duration::from_millis(500),

@@ -11,7 +11,8 @@
 //! (incoming links accepted, as in the driver), the node-wide cap of `peer_cap` peer
 //! requests in flight (excess requests wait) and each download's share of it (the
 //! driver's `peer_requests_per_download`), `upload_slots` uploads per node with
-//! requests refused (Busy) after waiting `upload_queue_wait`, a free slot going to the
+//! requests refused (Busy) after waiting a little more than the interval at which the
+//! uploader's slots free (or a fixed `upload_queue_wait`), a free slot going to the
 //! waiting request for the chunk the node has uploaded least, then to the requester
 //! furthest behind (`upload_order`), and a
 //! Tick every 500 ms (the driver ticks every 200 ms; ticks only drive timeouts and
@@ -28,6 +29,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
+use shoal_daemon::net::transfer;
 use shoal_daemon::swarm::peer_requests_per_download;
 use shoal_daemon::swarm::scheduler::{Action, Config, Event, NodeId, Scheduler, Source};
 use shoal_proto::ChunkLayout;
@@ -56,8 +58,10 @@ pub struct Params {
     pub peer_cap: usize,
     /// Chunk uploads a node serves at once (`--max-uploads`); more requests wait.
     pub upload_slots: usize,
-    /// How long a request waits for an upload slot before it is refused (Busy).
-    pub upload_queue_wait: Duration,
+    /// How long a request waits for an upload slot before it is refused (Busy); `None`:
+    /// the daemon's rule, which follows the interval at which the uploader's slots are
+    /// handed to waiting requests (`shoal_daemon::net::transfer::upload_queue_wait`).
+    pub upload_queue_wait: Option<Duration>,
     pub upload_order: UploadOrder,
     pub step: Duration,
     pub settle: Duration,
@@ -277,6 +281,15 @@ pub fn run(p: &Params) -> Outcome {
     let mut down_share = vec![0.0; total_nodes];
     let slot = |e: Endpoint| slot_of(e, total_nodes);
     let mut next_trace = t;
+    // Per uploader: when a freed slot last went to a waiting request (none since the
+    // queue last drained), and the average interval between such hand-offs.
+    let mut last_handoff: Vec<Option<f64>> = vec![None; total_nodes];
+    let mut release_interval: Vec<Option<Duration>> = vec![None; total_nodes];
+    let queue_wait = |interval: Option<Duration>| {
+        p.upload_queue_wait
+            .unwrap_or_else(|| transfer::upload_queue_wait(interval))
+            .as_secs_f64()
+    };
     // Times each node has begun uploading each chunk ([`UploadOrder`]).
     let mut served: Vec<Vec<Vec<u32>>> = (0..total_nodes)
         .map(|_| {
@@ -352,12 +365,18 @@ pub fn run(p: &Params) -> Outcome {
                                 nodes[i].peer_in_flight += 1;
                             }
                             let bytes = chunk_bytes(&layouts[b], chunk);
+                            let wait = match src {
+                                Endpoint::Node(n) => queue_wait(release_interval[n]),
+                                Endpoint::Origin => f64::INFINITY,
+                            };
                             flows.push(Flow {
                                 src,
                                 dst: i,
                                 blob: b,
                                 chunk,
                                 held: nodes[i].held(b),
+                                wait,
+                                queued: false,
                                 remaining: bytes as f64,
                                 starts: t + lat,
                                 admitted: src == Endpoint::Origin,
@@ -417,6 +436,8 @@ pub fn run(p: &Params) -> Outcome {
                         blob: wb,
                         chunk,
                         held: nodes[i].held(wb),
+                        wait: queue_wait(release_interval[src]),
+                        queued: false,
                         remaining: bytes as f64,
                         starts: t + lat,
                         admitted: false,
@@ -459,7 +480,17 @@ pub fn run(p: &Params) -> Outcome {
                 busy[n] += 1;
             }
         }
-        let wait = p.upload_queue_wait.as_secs_f64();
+        // A waiting request admitted: a freed slot handed over.
+        let mut handoff = |n: usize| {
+            if let Some(last) = last_handoff[n] {
+                let sample = Duration::from_secs_f64(t - last);
+                release_interval[n] = Some(transfer::average_release_interval(
+                    release_interval[n],
+                    sample,
+                ));
+            }
+            last_handoff[n] = Some(t);
+        };
         if p.upload_order != UploadOrder::Fifo {
             // Waiting requests per uploader, best first; admit while slots are free.
             let mut waiting: Vec<(usize, u32, u32, u64, usize)> = flows
@@ -490,6 +521,9 @@ pub fn run(p: &Params) -> Outcome {
                     busy[n] += 1;
                     flows[k].admitted = true;
                     served[n][flows[k].blob][flows[k].chunk as usize] += 1;
+                    if flows[k].queued {
+                        handoff(n);
+                    }
                 }
             }
         }
@@ -508,8 +542,11 @@ pub fn run(p: &Params) -> Outcome {
                 busy[n] += 1;
                 f.admitted = true;
                 served[n][f.blob][f.chunk as usize] += 1;
+                if f.queued {
+                    handoff(n);
+                }
                 k += 1;
-            } else if t - f.starts >= wait {
+            } else if t - f.starts >= f.wait {
                 let f = flows.swap_remove(k);
                 nodes[f.dst].peer_in_flight -= 1;
                 seq += 1;
@@ -527,7 +564,14 @@ pub fn run(p: &Params) -> Outcome {
                     ),
                 );
             } else {
+                f.queued = true;
                 k += 1;
+            }
+        }
+        // A slot left free: the queue drained, and the next hand-off starts a new run.
+        for (n, last) in last_handoff.iter_mut().enumerate() {
+            if busy[n] < p.upload_slots {
+                *last = None;
             }
         }
         // 3. The network moves bytes for one step, at max-min fair rates.

@@ -18,6 +18,10 @@
 //! last of 1000 nodes finished at 1.46x T_limit while the median was at 1.05x. The
 //! count is the requester's word: a peer that understates it only goes ahead among
 //! requests for equally often sent chunks, and every peer has proven the cluster secret.
+//!
+//! A request waits for a slot a little more than the average interval between
+//! hand-offs of freed slots to waiting requests (`upload_queue_wait`): about until the
+//! next slot frees, whatever the link rate.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -26,6 +30,8 @@ use std::time::Duration;
 use shoal_proto::Digest;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
+
+use super::{average_release_interval, upload_queue_wait};
 
 /// A blob's upload counts are forgotten after this long without an upload of it: they
 /// order one rollout's requests, not the next one's.
@@ -47,6 +53,11 @@ struct State {
     next_seq: u64,
     waiters: Vec<Waiter>,
     served: HashMap<Digest, Served>,
+    /// When a freed slot last went to a waiting request; `None` since the queue last
+    /// drained.
+    last_handoff: Option<Instant>,
+    /// The average interval between such hand-offs, which sets the queue wait.
+    release_interval: Option<Duration>,
 }
 
 struct Waiter {
@@ -149,17 +160,16 @@ impl UploadSlots {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A slot to upload `chunk` of `digest` to a requester holding `held` chunks of it,
-    /// waiting at most `wait` for one; `None` when none came free for this request in
-    /// time, or the slots are closed.
+    /// A slot to upload `chunk` of `digest` to a requester holding `held` chunks of it;
+    /// `None` when none came free for this request within the queue wait
+    /// ([`upload_queue_wait`]), or the slots are closed.
     pub(crate) async fn acquire(
         &self,
         digest: Digest,
         chunk: u32,
         held: u32,
-        wait: Duration,
     ) -> Option<UploadPermit<'_>> {
-        let mut queued = {
+        let (mut queued, wait) = {
             let mut st = self.lock();
             if st.closed {
                 return None;
@@ -179,11 +189,12 @@ impl UploadSlots {
                 held,
                 wake,
             });
-            Queued {
+            let queued = Queued {
                 slots: self,
                 seq,
                 woken,
-            }
+            };
+            (queued, upload_queue_wait(st.release_interval))
         };
         let handed = match tokio::time::timeout(wait, &mut queued.woken).await {
             Ok(woken) => woken.is_ok(), // an error: closed
@@ -208,9 +219,17 @@ impl UploadSlots {
             // A request whose stream went away meanwhile dropped its receiver.
             if waiter.wake.send(()).is_ok() {
                 st.count_upload(waiter.digest, waiter.chunk);
+                let now = Instant::now();
+                if let Some(last) = st.last_handoff {
+                    let sample = now.duration_since(last);
+                    st.release_interval =
+                        Some(average_release_interval(st.release_interval, sample));
+                }
+                st.last_handoff = Some(now);
                 return;
             }
         }
+        st.last_handoff = None;
         st.in_use = st.in_use.saturating_sub(1);
         if st.in_use == 0 {
             self.idle.notify_waiters();
@@ -248,7 +267,8 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    const WAIT: Duration = Duration::from_millis(200);
+    /// The queue wait before any hand-off was measured.
+    const WAIT: Duration = super::super::UPLOAD_QUEUE_WAIT;
 
     fn digest(n: u8) -> Digest {
         Digest::from_sha256_bytes([n; 32])
@@ -257,14 +277,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_past_capacity_is_refused_after_the_wait() {
         let slots = UploadSlots::new(1);
-        let running = slots.acquire(digest(1), 0, 0, WAIT).await;
+        let running = slots.acquire(digest(1), 0, 0).await;
         assert!(running.is_some());
         let started = Instant::now();
-        assert!(slots.acquire(digest(1), 1, 0, WAIT).await.is_none());
+        assert!(slots.acquire(digest(1), 1, 0).await.is_none());
         assert_eq!(started.elapsed(), WAIT);
         drop(running);
         assert_eq!(slots.in_use(), 0);
-        assert!(slots.acquire(digest(1), 1, 0, WAIT).await.is_some());
+        assert!(slots.acquire(digest(1), 1, 0).await.is_some());
     }
 
     /// Queues `requests` ((chunk, chunks the requester holds), in arrival order) behind
@@ -280,10 +300,10 @@ mod tests {
         for &(chunk, held) in requests {
             let (slots, tx) = (slots.clone(), tx.clone());
             tokio::spawn(async move {
-                let permit = slots.acquire(d, chunk, held, Duration::from_secs(5)).await;
+                let permit = slots.acquire(d, chunk, held).await;
                 assert!(permit.is_some());
                 let _ = tx.send(chunk);
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             });
             tokio::task::yield_now().await;
         }
@@ -300,8 +320,8 @@ mod tests {
         let slots = Arc::new(UploadSlots::new(1));
         let d = digest(2);
         // Chunk 0 has been uploaded once and is being uploaded again now.
-        drop(slots.acquire(d, 0, 0, WAIT).await);
-        let running = slots.acquire(d, 0, 0, WAIT).await;
+        drop(slots.acquire(d, 0, 0).await);
+        let running = slots.acquire(d, 0, 0).await;
         let got = admission_order(&slots, d, running, &[(0, 0), (5, 0), (7, 0)]).await;
         // 5 and 7 were never uploaded, 5 asked first; chunk 0 (twice before) is last.
         assert_eq!(got, [5, 7, 0]);
@@ -312,8 +332,8 @@ mod tests {
         let slots = Arc::new(UploadSlots::new(1));
         let d = digest(7);
         // Chunk 9 was sent once.
-        drop(slots.acquire(d, 9, 0, WAIT).await);
-        let running = slots.acquire(d, 0, 0, WAIT).await;
+        drop(slots.acquire(d, 9, 0).await);
+        let running = slots.acquire(d, 0, 0).await;
         let requests = [(1, 40), (2, 3), (9, 0), (3, 40), (4, 10)];
         let got = admission_order(&slots, d, running, &requests).await;
         // Never-sent chunks by holdings (ties by arrival); the repeat last, though its
@@ -322,12 +342,49 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_wait_follows_the_interval_between_hand_offs() {
+        let slots = UploadSlots::new(1);
+        let slots = &slots;
+        let d = digest(8);
+        // Refused after `wait` when the one slot stays busy.
+        let refused_after = |chunk| async move {
+            let started = Instant::now();
+            assert!(slots.acquire(d, chunk, 0).await.is_none());
+            started.elapsed()
+        };
+        let mut running = slots.acquire(d, 0, 0).await;
+        assert_eq!(refused_after(100).await, WAIT, "nothing measured yet");
+        // A queue kept full: each upload ends 8 ms in and its slot goes to the waiter.
+        for chunk in 1..=20 {
+            let waiter = slots.acquire(d, chunk, 0);
+            tokio::pin!(waiter);
+            assert!(futures::poll!(&mut waiter).is_pending());
+            tokio::time::advance(Duration::from_millis(8)).await;
+            drop(running);
+            running = waiter.await;
+            assert!(running.is_some());
+        }
+        assert_eq!(refused_after(101).await, Duration::from_millis(10));
+        // Idle time between two busy spells is not an interval between hand-offs.
+        drop(running);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let running = slots.acquire(d, 0, 0).await;
+        let waiter = slots.acquire(d, 1, 0);
+        tokio::pin!(waiter);
+        assert!(futures::poll!(&mut waiter).is_pending());
+        drop(running);
+        let running = waiter.await;
+        assert!(running.is_some());
+        assert_eq!(refused_after(102).await, Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_request_cancelled_after_it_was_handed_a_slot_passes_it_on() {
         let slots = Arc::new(UploadSlots::new(1));
-        let running = slots.acquire(digest(6), 0, 0, WAIT).await;
+        let running = slots.acquire(digest(6), 0, 0).await;
         let waiter = {
             let slots = slots.clone();
-            tokio::spawn(async move { slots.acquire(digest(6), 1, 0, WAIT).await.is_some() })
+            tokio::spawn(async move { slots.acquire(digest(6), 1, 0).await.is_some() })
         };
         tokio::task::yield_now().await;
         // The slot is handed to the waiter, whose task ends before it can take it.
@@ -335,35 +392,32 @@ mod tests {
         waiter.abort();
         assert!(waiter.await.is_err(), "aborted before it ran again");
         assert_eq!(slots.in_use(), 0, "the slot was passed on, not leaked");
-        assert!(slots
-            .acquire(digest(6), 2, 0, Duration::ZERO)
-            .await
-            .is_some());
+        assert!(slots.acquire(digest(6), 2, 0).await.is_some());
     }
 
     #[tokio::test(start_paused = true)]
     async fn counts_are_per_blob_and_forgotten_after_a_while() {
         let slots = UploadSlots::new(4);
         let (a, b) = (digest(3), digest(4));
-        drop(slots.acquire(a, 1, 0, WAIT).await);
-        drop(slots.acquire(a, 1, 0, WAIT).await);
+        drop(slots.acquire(a, 1, 0).await);
+        drop(slots.acquire(a, 1, 0).await);
         assert_eq!(slots.lock().served(&a, 1), 2);
         assert_eq!(slots.lock().served(&b, 1), 0);
         tokio::time::advance(SERVED_MEMORY).await;
-        drop(slots.acquire(a, 1, 0, WAIT).await);
+        drop(slots.acquire(a, 1, 0).await);
         assert_eq!(slots.lock().served(&a, 1), 1);
         tokio::time::advance(SERVED_MEMORY).await;
-        drop(slots.acquire(b, 1, 0, WAIT).await);
+        drop(slots.acquire(b, 1, 0).await);
         assert!(!slots.lock().served.contains_key(&a), "idle blob pruned");
     }
 
     #[tokio::test(start_paused = true)]
     async fn closing_refuses_waiters_and_idle_waits_for_running_uploads() {
         let slots = Arc::new(UploadSlots::new(1));
-        let running = slots.acquire(digest(5), 0, 0, WAIT).await;
+        let running = slots.acquire(digest(5), 0, 0).await;
         let waiter = {
             let slots = slots.clone();
-            tokio::spawn(async move { slots.acquire(digest(5), 1, 0, WAIT).await.is_some() })
+            tokio::spawn(async move { slots.acquire(digest(5), 1, 0).await.is_some() })
         };
         tokio::task::yield_now().await;
         slots.close();
@@ -371,7 +425,7 @@ mod tests {
             !waiter.await.unwrap(),
             "a waiting request is refused on close"
         );
-        assert!(slots.acquire(digest(5), 2, 0, WAIT).await.is_none());
+        assert!(slots.acquire(digest(5), 2, 0).await.is_none());
         let idle = {
             let slots = slots.clone();
             tokio::spawn(async move { slots.idle().await })

@@ -16,6 +16,10 @@ pub(super) struct Flow {
     /// Chunks of the blob the requester held when it asked (the daemon's `Request`
     /// carries the count).
     pub(super) held: u32,
+    /// Seconds the request waits for an upload slot before it is refused Busy.
+    pub(super) wait: f64,
+    /// Waited at least one step for a slot (its admission is a freed slot handed over).
+    pub(super) queued: bool,
     pub(super) remaining: f64,
     pub(super) starts: f64,
     /// Holds one of the sender's upload slots (the origin has no limit).
