@@ -39,46 +39,6 @@ const CLOSE_PROTOCOL: u32 = 0x5350;
 /// Bytes read and sent at a time when serving a chunk.
 const UPLOAD_PIECE: u64 = 256 * 1024;
 
-/// How long a chunk request may wait for an upload slot before it is refused `Busy`,
-/// until the slots have measured how often they free ([`upload_queue_wait`]).
-/// Short: a request queued here holds one of the requester's slots and keeps its chunk
-/// "in flight", so no idle peer that has the chunk is asked for it. Simulated cold
-/// starts (benches/RESULTS.md) went from 1.74x to 1.41x T_limit at 33 nodes and from
-/// 2.19x to 1.49x at 100 when 5 s became 200 ms; 500 ms was in between. 50 ms (about
-/// the time one of 8 busy slots takes to free at 200 Mbit/s with 1 MiB chunks) brings
-/// the 512 MiB model's starts down further (simulated, slots admitting the least
-/// complete requester first: 100 nodes cold 1.25x -> 1.16x, warm 1.29x -> 1.22x;
-/// 1000 nodes cold 1.25-1.29x over four link graphs, warm 1.23x). With uploads ordered
-/// by the chunk's count alone it stretched a 5 GB layer's tail (1000 nodes 1.10x ->
-/// 1.46x): nodes that fell behind stayed behind. With that order it is 1.07x.
-pub const UPLOAD_QUEUE_WAIT: Duration = Duration::from_millis(50);
-
-/// Bounds of the queue wait once it follows the upload slots' release interval
-/// ([`upload_queue_wait`]).
-const UPLOAD_QUEUE_WAIT_BOUNDS: (Duration, Duration) =
-    (Duration::from_millis(5), Duration::from_millis(200));
-
-/// The running average of the interval between hand-offs of a freed upload slot to a
-/// waiting request, with a new `sample` (weight 1/8).
-pub fn average_release_interval(average: Option<Duration>, sample: Duration) -> Duration {
-    match average {
-        None => sample,
-        Some(a) => a.mul_f64(7.0 / 8.0) + sample.mul_f64(1.0 / 8.0),
-    }
-}
-
-/// How long a chunk request may wait for a slot, given the average interval at which
-/// slots are handed to waiting requests: a little more than one interval, so a request
-/// waits for about the next free slot and no longer. Before any is measured,
-/// [`UPLOAD_QUEUE_WAIT`]. A fixed 50 ms suits 200 Mbit/s links, where a slot frees about
-/// every 42 ms; at 1 Gbit/s one frees every 8 ms, and simulated 100-node cold starts
-/// took 1.38x T_limit with 50 ms, 1.25x with 10 ms and 1.27x with this rule (200
-/// Mbit/s: 1.17x, 1.18x with it; benches/RESULTS.md, session 15).
-pub fn upload_queue_wait(release_interval: Option<Duration>) -> Duration {
-    let (least, most) = UPLOAD_QUEUE_WAIT_BOUNDS;
-    release_interval.map_or(UPLOAD_QUEUE_WAIT, |i| i.mul_f64(1.25).clamp(least, most))
-}
-
 /// How long a new connection may take to present its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -724,9 +684,11 @@ mod fault {
 }
 
 mod peer;
+mod queue_wait;
 mod slots;
 
 pub use peer::{PeerConnection, PeerLink};
+pub use queue_wait::{QueueWait, UPLOAD_QUEUE_WAIT};
 
 #[cfg(test)]
 mod tests;

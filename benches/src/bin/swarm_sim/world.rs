@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use shoal_daemon::net::transfer;
+use shoal_daemon::net::transfer::QueueWait;
 use shoal_daemon::swarm::peer_requests_per_download;
 use shoal_daemon::swarm::scheduler::{Action, Config, Event, NodeId, Scheduler, Source};
 use shoal_proto::ChunkLayout;
@@ -60,7 +60,7 @@ pub struct Params {
     pub upload_slots: usize,
     /// How long a request waits for an upload slot before it is refused (Busy); `None`:
     /// the daemon's rule, which follows the interval at which the uploader's slots are
-    /// handed to waiting requests (`shoal_daemon::net::transfer::upload_queue_wait`).
+    /// handed to waiting requests (`shoal_daemon::net::transfer::QueueWait`).
     pub upload_queue_wait: Option<Duration>,
     pub upload_order: UploadOrder,
     pub step: Duration,
@@ -281,13 +281,11 @@ pub fn run(p: &Params) -> Outcome {
     let mut down_share = vec![0.0; total_nodes];
     let slot = |e: Endpoint| slot_of(e, total_nodes);
     let mut next_trace = t;
-    // Per uploader: when a freed slot last went to a waiting request (none since the
-    // queue last drained), and the average interval between such hand-offs.
-    let mut last_handoff: Vec<Option<f64>> = vec![None; total_nodes];
-    let mut release_interval: Vec<Option<Duration>> = vec![None; total_nodes];
-    let queue_wait = |interval: Option<Duration>| {
+    // Per uploader, the daemon's queue wait, on virtual time.
+    let mut queue_waits: Vec<QueueWait<Duration>> = vec![QueueWait::default(); total_nodes];
+    let queue_wait = |q: &QueueWait<Duration>| {
         p.upload_queue_wait
-            .unwrap_or_else(|| transfer::upload_queue_wait(interval))
+            .unwrap_or_else(|| q.wait())
             .as_secs_f64()
     };
     // Times each node has begun uploading each chunk ([`UploadOrder`]).
@@ -366,7 +364,7 @@ pub fn run(p: &Params) -> Outcome {
                             }
                             let bytes = chunk_bytes(&layouts[b], chunk);
                             let wait = match src {
-                                Endpoint::Node(n) => queue_wait(release_interval[n]),
+                                Endpoint::Node(n) => queue_wait(&queue_waits[n]),
                                 Endpoint::Origin => f64::INFINITY,
                             };
                             flows.push(Flow {
@@ -436,7 +434,7 @@ pub fn run(p: &Params) -> Outcome {
                         blob: wb,
                         chunk,
                         held: nodes[i].held(wb),
-                        wait: queue_wait(release_interval[src]),
+                        wait: queue_wait(&queue_waits[src]),
                         queued: false,
                         remaining: bytes as f64,
                         starts: t + lat,
@@ -480,17 +478,6 @@ pub fn run(p: &Params) -> Outcome {
                 busy[n] += 1;
             }
         }
-        // A waiting request admitted: a freed slot handed over.
-        let mut handoff = |n: usize| {
-            if let Some(last) = last_handoff[n] {
-                let sample = Duration::from_secs_f64(t - last);
-                release_interval[n] = Some(transfer::average_release_interval(
-                    release_interval[n],
-                    sample,
-                ));
-            }
-            last_handoff[n] = Some(t);
-        };
         if p.upload_order != UploadOrder::Fifo {
             // Waiting requests per uploader, best first; admit while slots are free.
             let mut waiting: Vec<(usize, u32, u32, u64, usize)> = flows
@@ -522,7 +509,8 @@ pub fn run(p: &Params) -> Outcome {
                     flows[k].admitted = true;
                     served[n][flows[k].blob][flows[k].chunk as usize] += 1;
                     if flows[k].queued {
-                        handoff(n);
+                        // A freed slot handed to a waiting request.
+                        queue_waits[n].handed_off(now);
                     }
                 }
             }
@@ -543,7 +531,7 @@ pub fn run(p: &Params) -> Outcome {
                 f.admitted = true;
                 served[n][f.blob][f.chunk as usize] += 1;
                 if f.queued {
-                    handoff(n);
+                    queue_waits[n].handed_off(now);
                 }
                 k += 1;
             } else if t - f.starts >= f.wait {
@@ -569,9 +557,9 @@ pub fn run(p: &Params) -> Outcome {
             }
         }
         // A slot left free: the queue drained, and the next hand-off starts a new run.
-        for (n, last) in last_handoff.iter_mut().enumerate() {
+        for (n, q) in queue_waits.iter_mut().enumerate() {
             if busy[n] < p.upload_slots {
-                *last = None;
+                q.drained();
             }
         }
         // 3. The network moves bytes for one step, at max-min fair rates.

@@ -20,7 +20,7 @@
 //! requests for equally often sent chunks, and every peer has proven the cluster secret.
 //!
 //! A request waits for a slot a little more than the average interval between
-//! hand-offs of freed slots to waiting requests (`upload_queue_wait`): about until the
+//! hand-offs of freed slots to waiting requests ([`QueueWait`]): about until the
 //! next slot frees, whatever the link rate.
 
 use std::collections::HashMap;
@@ -31,7 +31,7 @@ use shoal_proto::Digest;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use super::{average_release_interval, upload_queue_wait};
+use super::QueueWait;
 
 /// A blob's upload counts are forgotten after this long without an upload of it: they
 /// order one rollout's requests, not the next one's.
@@ -53,11 +53,7 @@ struct State {
     next_seq: u64,
     waiters: Vec<Waiter>,
     served: HashMap<Digest, Served>,
-    /// When a freed slot last went to a waiting request; `None` since the queue last
-    /// drained.
-    last_handoff: Option<Instant>,
-    /// The average interval between such hand-offs, which sets the queue wait.
-    release_interval: Option<Duration>,
+    queue_wait: QueueWait<Instant>,
 }
 
 struct Waiter {
@@ -162,7 +158,7 @@ impl UploadSlots {
 
     /// A slot to upload `chunk` of `digest` to a requester holding `held` chunks of it;
     /// `None` when none came free for this request within the queue wait
-    /// ([`upload_queue_wait`]), or the slots are closed.
+    /// ([`QueueWait`]), or the slots are closed.
     pub(crate) async fn acquire(
         &self,
         digest: Digest,
@@ -194,7 +190,7 @@ impl UploadSlots {
                 seq,
                 woken,
             };
-            (queued, upload_queue_wait(st.release_interval))
+            (queued, st.queue_wait.wait())
         };
         let handed = match tokio::time::timeout(wait, &mut queued.woken).await {
             Ok(woken) => woken.is_ok(), // an error: closed
@@ -219,17 +215,11 @@ impl UploadSlots {
             // A request whose stream went away meanwhile dropped its receiver.
             if waiter.wake.send(()).is_ok() {
                 st.count_upload(waiter.digest, waiter.chunk);
-                let now = Instant::now();
-                if let Some(last) = st.last_handoff {
-                    let sample = now.duration_since(last);
-                    st.release_interval =
-                        Some(average_release_interval(st.release_interval, sample));
-                }
-                st.last_handoff = Some(now);
+                st.queue_wait.handed_off(Instant::now());
                 return;
             }
         }
-        st.last_handoff = None;
+        st.queue_wait.drained();
         st.in_use = st.in_use.saturating_sub(1);
         if st.in_use == 0 {
             self.idle.notify_waiters();
