@@ -23,6 +23,13 @@ pub const MIN_CHUNK_SIZE: u32 = 64 * 1024;
 /// Largest chunk size accepted in configuration (64 MiB).
 pub const MAX_CHUNK_SIZE: u32 = 64 * 1024 * 1024;
 
+/// Most chunks a blob is cut into while the chunk size can still grow: 131,072 hashes
+/// make a 4 MiB `Index` frame, half of [`crate::wire::MAX_FRAME`]. With 1 MiB chunks
+/// this is 128 GiB; a larger blob gets larger chunks (see [`ChunkLayout::for_blob`]),
+/// so every blob up to 8 TiB has an index a peer can send and its chunks stay
+/// verifiable one by one.
+pub const MAX_INDEX_CHUNKS: u32 = 128 * 1024;
+
 /// How a blob of a given size is cut into chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChunkLayout {
@@ -40,6 +47,20 @@ impl ChunkLayout {
             size,
             chunk_size: chunk_size.max(1),
         }
+    }
+
+    /// The layout every node uses for a blob of `size` bytes when configured with
+    /// `configured` chunks: that size, doubled until the blob fits in
+    /// [`MAX_INDEX_CHUNKS`] chunks, but never past [`MAX_CHUNK_SIZE`]. Nodes with the
+    /// same configuration agree on it without asking each other.
+    pub fn for_blob(size: u64, configured: u32) -> Self {
+        let mut chunk_size = configured.max(1);
+        while size.div_ceil(u64::from(chunk_size)) > u64::from(MAX_INDEX_CHUNKS)
+            && chunk_size <= MAX_CHUNK_SIZE / 2
+        {
+            chunk_size *= 2;
+        }
+        ChunkLayout::new(size, chunk_size)
     }
 
     /// Number of chunks.
@@ -107,6 +128,31 @@ impl ChunkIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blob_keeps_the_configured_chunk_size_until_its_index_would_outgrow_the_limit() {
+        const MIB: u64 = 1024 * 1024;
+        let one_mib = DEFAULT_CHUNK_SIZE;
+        let limit = u64::from(MAX_INDEX_CHUNKS) * MIB;
+        assert_eq!(ChunkLayout::for_blob(0, one_mib).chunk_size, one_mib);
+        assert_eq!(ChunkLayout::for_blob(limit, one_mib).chunk_size, one_mib);
+        assert_eq!(
+            ChunkLayout::for_blob(limit + 1, one_mib).chunk_size,
+            2 * one_mib
+        );
+        let big = ChunkLayout::for_blob(300 << 30, one_mib);
+        assert_eq!(big.chunk_size, 4 * one_mib);
+        assert!(big.count() <= MAX_INDEX_CHUNKS);
+        // At the largest chunk size the count may exceed the limit again.
+        let huge = ChunkLayout::for_blob(16 << 40, one_mib);
+        assert_eq!(huge.chunk_size, MAX_CHUNK_SIZE);
+        assert_eq!(huge.count(), 2 * MAX_INDEX_CHUNKS);
+        // A configured size above the limit's need is kept as it is.
+        assert_eq!(
+            ChunkLayout::for_blob(limit, MAX_CHUNK_SIZE).chunk_size,
+            MAX_CHUNK_SIZE
+        );
+    }
 
     #[test]
     fn geometry() {

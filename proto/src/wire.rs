@@ -84,8 +84,9 @@ use crate::digest::Digest;
 /// Protocol version spoken by this build.
 pub const VERSION: u8 = 2;
 
-/// Largest frame accepted (version + type + payload): 8 MiB. An `Index` of a blob with
-/// the default 1 MiB chunks fits up to ~256 GiB (2 MiB chunks: ~512 GiB).
+/// Largest frame accepted (version + type + payload): 8 MiB. The largest `Index` a node
+/// builds is [`crate::chunk::MAX_INDEX_CHUNKS`] hashes (4 MiB) for any blob up to 8 TiB,
+/// because [`ChunkLayout::for_blob`] grows the chunks of larger blobs.
 pub const MAX_FRAME: u32 = 8 * 1024 * 1024;
 
 /// Most node ids in one `Interested` frame: 8 KiB, and more than one node's links.

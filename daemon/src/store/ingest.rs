@@ -73,7 +73,7 @@ impl Ingest {
         media_type: Option<String>,
         resumable: bool,
     ) -> Result<Ingest> {
-        let layout = ChunkLayout::new(size, store.chunk_size);
+        let layout = ChunkLayout::for_blob(size, store.chunk_size);
         let staging = if resumable {
             store.partial_path(&digest)
         } else {

@@ -166,7 +166,8 @@ pub(super) fn sync_dir(dir: &Path) {
     }
 }
 
-/// sha256 of the whole file and BLAKE3 of each chunk, in one sequential pass.
+/// sha256 of the whole file and BLAKE3 of each chunk, in one sequential pass, cut as
+/// [`ChunkLayout::for_blob`] cuts a blob for a store configured with `chunk_size`.
 pub fn rehash(path: &Path, chunk_size: u32) -> Result<(Digest, ChunkIndex)> {
     let mut file =
         File::open(path).map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
@@ -174,10 +175,10 @@ pub fn rehash(path: &Path, chunk_size: u32) -> Result<(Digest, ChunkIndex)> {
         .metadata()
         .map_err(|e| StoreError::io(format!("stat {}", path.display()), e))?
         .len();
-    let layout = ChunkLayout::new(size, chunk_size);
+    let layout = ChunkLayout::for_blob(size, chunk_size);
     let mut sha = Sha256::new();
     let mut hashes = Vec::with_capacity(layout.count() as usize);
-    let mut buf = vec![0u8; chunk_size as usize];
+    let mut buf = vec![0u8; layout.chunk_size as usize];
     for i in 0..layout.count() {
         let Some(range) = layout.range(i) else { break };
         let chunk = &mut buf[..(range.end - range.start) as usize];

@@ -359,3 +359,27 @@ mod write_behind {
         assert_eq!(dirty, 0);
     }
 }
+
+#[test]
+fn a_blob_too_large_for_one_index_frame_is_cut_into_larger_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 0);
+    // Past MAX_INDEX_CHUNKS chunks of 64 KiB (8 GiB), chunks double to 128 KiB.
+    let size = 9 << 30;
+    let d = Digest::from_sha256_bytes([3; 32]);
+    let mut ingest = store.begin_ingest(d, size, None).unwrap();
+    let configured = data(CHUNK as usize);
+    assert!(matches!(
+        ingest.write_chunk(1, &configured, None),
+        Err(StoreError::SizeMismatch { expected, .. }) if expected == 2 * u64::from(CHUNK)
+    ));
+    // Chunk 1 lands at 128 KiB in a sparse staging file, and the partial records it.
+    ingest
+        .write_chunk(1, &data(2 * CHUNK as usize), None)
+        .unwrap();
+    assert_eq!(
+        store.partials().unwrap(),
+        vec![(d, size, 2 * u64::from(CHUNK))]
+    );
+    ingest.discard();
+}

@@ -477,12 +477,12 @@ impl Run {
     ) -> Result<ChunkLayout, DownloadError> {
         let chunk_size = self.ctx.store.chunk_size();
         if let Some(size) = self.ctx.store.partial_size(&self.digest)? {
-            return Ok(ChunkLayout::new(size, chunk_size));
+            return Ok(ChunkLayout::for_blob(size, chunk_size));
         }
         if let Some(l) = linked
             .iter()
             .filter_map(|(_, link)| link.layout)
-            .find(|l| l.chunk_size == chunk_size)
+            .find(|l| *l == ChunkLayout::for_blob(l.size, chunk_size))
         {
             return Ok(l);
         }
@@ -491,7 +491,7 @@ impl Run {
             .upstream
             .blob_size(&self.target, &self.digest, self.client_auth.clone())
             .await?;
-        Ok(ChunkLayout::new(size, chunk_size))
+        Ok(ChunkLayout::for_blob(size, chunk_size))
     }
 
     /// The chunk index, from the first complete peer that gives a consistent one.

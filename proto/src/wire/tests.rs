@@ -109,6 +109,29 @@ fn interested_lists_are_capped_both_ways() {
 }
 
 #[test]
+fn the_index_of_a_blob_too_large_for_default_chunks_still_fits_a_frame() {
+    // 1 TiB at the default 1 MiB would be 1,048,576 hashes (32 MiB): over MAX_FRAME.
+    let layout = ChunkLayout::for_blob(1 << 40, crate::DEFAULT_CHUNK_SIZE);
+    assert_eq!(layout.chunk_size, 8 * crate::DEFAULT_CHUNK_SIZE);
+    assert_eq!(layout.count(), crate::chunk::MAX_INDEX_CHUNKS);
+    let index = Message::Index {
+        digest: d(1),
+        index: ChunkIndex {
+            layout,
+            hashes: vec![ChunkHash([7; 32]); layout.count() as usize],
+        },
+    };
+    let bytes = index.to_bytes();
+    assert!(
+        bytes.len() <= MAX_FRAME as usize + 4,
+        "{} bytes",
+        bytes.len()
+    );
+    let (back, used) = Message::decode(&bytes).unwrap().unwrap();
+    assert_eq!((back, used), (index, bytes.len()));
+}
+
+#[test]
 fn round_trip_every_message() {
     for m in samples() {
         let bytes = m.to_bytes();

@@ -172,7 +172,7 @@ pub fn run(p: &Params) -> Outcome {
     let layouts: Vec<ChunkLayout> = p
         .layer_sizes
         .iter()
-        .map(|&s| ChunkLayout::new(s, p.chunk_size))
+        .map(|&s| ChunkLayout::for_blob(s, p.chunk_size))
         .collect();
 
     // Links: each node links to up to `links` random others and accepts those linking to
