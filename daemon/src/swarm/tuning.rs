@@ -20,7 +20,8 @@ pub const MAX_LINKED: usize = 32;
 /// alone; with others downloading too, one (`shared_origin_requests`) keeps chunks from
 /// all finishing late at once, which would delay passing them on to peers.
 ///
-/// `chunk_size` is the store's: every blob a node downloads is chunked that way.
+/// `chunk_size` is the store's; a blob too large for one index frame has larger chunks
+/// (`ChunkLayout::for_blob`), and its download sets [`origin_requests_alone`] again.
 pub fn scheduler_config(chunk_size: u32) -> scheduler::Config {
     scheduler::Config {
         assignment_grace: Duration::from_secs(30),
@@ -47,7 +48,7 @@ const ORIGIN_BYTES_ALONE: u64 = 8 * 1024 * 1024;
 
 /// Origin ranges in flight for a download alone ([`scheduler::Config::max_origin_requests`]):
 /// 8 MiB worth, from 2 to 16 ranges.
-fn origin_requests_alone(chunk_size: u32) -> usize {
+pub fn origin_requests_alone(chunk_size: u32) -> usize {
     let ranges = ORIGIN_BYTES_ALONE / u64::from(chunk_size.max(1));
     usize::try_from(ranges).unwrap_or(usize::MAX).clamp(2, 16)
 }
