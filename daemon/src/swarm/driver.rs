@@ -28,15 +28,15 @@ use tracing::Instrument as _;
 use super::links::{self, LinkUpdate};
 use super::partial::{PartialBlob, Partials};
 use super::scheduler::{self, Action, Event, NodeId, Scheduler, Source};
-use super::tuning::{
-    origin_frontier, origin_requests_alone, peer_requests_per_download, MAX_LINKED,
-};
+use super::tuning::{origin_frontier, origin_requests_alone, peer_requests_per_download};
 use super::writer::{spawn_writer, write, Fetched, WriteJob};
 use super::{Context, DownloadError, Progress};
 use crate::net::discovery::Discovery;
 use crate::net::transfer::{PeerConnection, PeerLink, Transfer};
 use crate::store::{Ingest, StoreError};
 use crate::upstream::Target;
+
+mod linking;
 
 /// How long nodes of a cold start wait to see each other before using the origin
 /// (provider records and interest links travel in milliseconds on a LAN).
@@ -357,121 +357,6 @@ impl Run {
             };
             pending.extend(sched.handle(now(), event));
         }
-    }
-
-    /// Tells every link this node's linked downloaders when they changed, so each peer
-    /// assigns origin chunks over two hops of view ([`Event::Interested`]).
-    fn gossip(&mut self, linked: Vec<NodeId>) {
-        if linked == self.gossiped {
-            return;
-        }
-        let msg = self.interested_message(&linked);
-        for p in self.peers.values_mut() {
-            p.writers.retain(|w| w.send(msg.clone()).is_ok());
-        }
-        self.gossiped = linked;
-    }
-
-    fn interested_message(&self, nodes: &[NodeId]) -> Message {
-        Message::Interested {
-            digest: self.digest,
-            nodes: nodes.iter().map(|n| n.0).collect(),
-        }
-    }
-
-    /// Links providers not in `known`, in parallel, up to [`MAX_LINKED`] in all.
-    async fn link_new(
-        &self,
-        known: HashSet<libp2p_identity::PeerId>,
-    ) -> Vec<(Arc<PeerConnection>, PeerLink)> {
-        let providers = self.swarm.discovery.find_providers(self.digest).await;
-        let room = MAX_LINKED.saturating_sub(known.len());
-        let ours = self.partial.snapshot();
-        links::link_all(
-            &self.swarm.transfer,
-            providers,
-            known,
-            room,
-            self.digest,
-            ours,
-        )
-        .await
-    }
-
-    fn spawn_dial_back(&self, link: Box<PeerLink>, inputs: &mpsc::UnboundedSender<Input>) {
-        if self.banned.contains(&links::node_id(&link.peer)) {
-            return;
-        }
-        let transfer = self.swarm.transfer.clone();
-        let inputs = inputs.clone();
-        tokio::spawn(async move {
-            if let Some((conn, link)) = links::dial_back(&transfer, link).await {
-                let _ = inputs.send(Input::Linked(conn, link));
-            }
-        });
-    }
-
-    fn spawn_rediscover(&self, inputs: &mpsc::UnboundedSender<Input>) {
-        let known: HashSet<_> = self.peers.values().map(|p| p.conn.remote).collect();
-        let room = MAX_LINKED.saturating_sub(known.len());
-        if room == 0 {
-            return;
-        }
-        let (transfer, discovery) = (self.swarm.transfer.clone(), self.swarm.discovery.clone());
-        let (digest, ours, inputs) = (self.digest, self.partial.snapshot(), inputs.clone());
-        tokio::spawn(async move {
-            let providers = discovery.find_providers(digest).await;
-            for (conn, link) in
-                links::link_all(&transfer, providers, known, room, digest, ours).await
-            {
-                let _ = inputs.send(Input::Linked(conn, link));
-            }
-        });
-    }
-
-    /// Registers a link: reader and writer tasks, our current have-map, and the
-    /// scheduler event for theirs.
-    fn add_link(
-        &mut self,
-        conn: Arc<PeerConnection>,
-        link: PeerLink,
-        layout: &ChunkLayout,
-        updates: &mpsc::UnboundedSender<LinkUpdate>,
-    ) -> Option<Event> {
-        let id = links::node_id(&link.peer);
-        if self.banned.contains(&id) || link.peer == self.swarm.discovery.local_peer {
-            return None;
-        }
-        let PeerLink {
-            layout: theirs,
-            bitfield,
-            send,
-            recv,
-            ..
-        } = link;
-        links::spawn_reader(id, self.digest, recv, updates.clone());
-        let writer = links::spawn_writer(send);
-        let (our_layout, our_bits) = self.partial.snapshot();
-        let _ = writer.send(Message::HaveMap {
-            digest: self.digest,
-            layout: our_layout,
-            bitfield: our_bits,
-        });
-        if !self.gossiped.is_empty() {
-            let _ = writer.send(self.interested_message(&self.gossiped));
-        }
-        let event = links::bitfield_event(id, layout, theirs, &bitfield);
-        if event.is_none() {
-            tracing::warn!(peer = %conn.remote, "peer chunks this blob differently; not using it");
-            return None;
-        }
-        tracing::debug!(peer = %conn.remote, "linked");
-        let entry = self.peers.entry(id).or_insert(Peer {
-            conn,
-            writers: Vec::new(),
-        });
-        entry.writers.push(writer);
-        event
     }
 
     /// Size and chunking: from a resumed partial, a peer, or the origin.

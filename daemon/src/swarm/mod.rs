@@ -9,7 +9,8 @@
 //! Without peer networking a download streams the blob from the origin
 //! (`fetch.rs`, resuming with `Range`). With it, `driver.rs` runs the sans-IO
 //! [`scheduler`] over peers found by [`crate::net::discovery`] and chunk-sized ranged
-//! GETs at the origin; `partial.rs` lets peers fetch the chunks a running download has;
+//! GETs at the origin (`driver/linking.rs` finds providers and keeps the download's
+//! links); `partial.rs` lets peers fetch the chunks a running download has;
 //! `tuning.rs` holds the settings both the driver and the simulator use.
 
 mod driver;
