@@ -79,6 +79,11 @@ struct Args {
     /// least-served-then-behind).
     #[arg(long, value_enum, default_value = "least-served-then-behind")]
     upload_order: world::UploadOrder,
+    /// Let a requester take every free upload slot of a node, not only its share of them
+    /// (the slots over the requesters running or waiting there): the daemon before
+    /// session 17 (exploration).
+    #[arg(long)]
+    no_requester_share: bool,
     /// Override the stream window, in chunks (exploration).
     #[arg(long)]
     stream_window: Option<u32>,
@@ -185,6 +190,7 @@ fn main() -> Result<()> {
                 upload_slots: args.upload_slots.max(1),
                 upload_queue_wait: args.upload_queue_wait,
                 upload_order: args.upload_order,
+                requester_share: !args.no_requester_share,
                 step: args.step,
                 settle: Duration::from_millis(500),
                 seed: args.seed,

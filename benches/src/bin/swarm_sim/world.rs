@@ -14,8 +14,9 @@
 //! requests refused (Busy) after waiting a little more than the interval at which the
 //! uploader's slots free (or a fixed `upload_queue_wait`), a free slot going to the
 //! waiting request for the chunk the node has uploaded least, then to the requester
-//! furthest behind (`upload_order`), and a
-//! Tick every 500 ms (the driver ticks every 200 ms; ticks only drive timeouts and
+//! furthest behind (`upload_order`), each requester taking at most its share of an
+//! uploader's slots (`requester_share`: the slots over the requesters running or
+//! waiting there), and a Tick every 500 ms (the driver ticks every 200 ms; ticks only drive timeouts and
 //! grace periods).
 //! Rates are approximately max-min fair (see [`allocate`]). With `cut_through` (an
 //! exploration; the daemon does not do it) a node announces a chunk from a peer at its
@@ -26,7 +27,7 @@
 //! nodes), TCP/QUIC congestion dynamics, the DHT's discovery delay, manifest and config
 //! fetches.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use shoal_daemon::net::transfer::QueueWait;
@@ -63,6 +64,9 @@ pub struct Params {
     /// handed to waiting requests (`shoal_daemon::net::transfer::QueueWait`).
     pub upload_queue_wait: Option<Duration>,
     pub upload_order: UploadOrder,
+    /// A requester takes at most its share of an uploader's slots: the slots over the
+    /// requesters running or waiting there (the daemon's rule since session 17).
+    pub requester_share: bool,
     pub step: Duration,
     pub settle: Duration,
     pub seed: u64,
@@ -478,6 +482,35 @@ pub fn run(p: &Params) -> Outcome {
                 busy[n] += 1;
             }
         }
+        // Each requester's share of an uploader's slots: the slots over the nodes running
+        // or waiting there (`net::transfer` upload slots).
+        let mut running: HashMap<(usize, usize), usize> = HashMap::new();
+        let mut requesters: HashMap<usize, HashSet<usize>> = HashMap::new();
+        for f in flows.iter().filter(|f| f.starts <= t) {
+            if let Endpoint::Node(n) = f.src {
+                requesters.entry(n).or_default().insert(f.dst);
+                if f.admitted {
+                    *running.entry((n, f.dst)).or_default() += 1;
+                }
+            }
+        }
+        let share = |n: usize| {
+            if p.requester_share {
+                let r = requesters.get(&n).map_or(1, |r| r.len().max(1));
+                p.upload_slots.div_ceil(r)
+            } else {
+                usize::MAX
+            }
+        };
+        let admissible = |running: &mut HashMap<(usize, usize), usize>, n: usize, dst| {
+            let mine = running.entry((n, dst)).or_default();
+            if *mine < share(n) {
+                *mine += 1;
+                true
+            } else {
+                false
+            }
+        };
         if p.upload_order != UploadOrder::Fifo {
             // Waiting requests per uploader, best first; admit while slots are free.
             let mut waiting: Vec<(usize, u32, u32, u64, usize)> = flows
@@ -504,7 +537,7 @@ pub fn run(p: &Params) -> Outcome {
                 .collect();
             waiting.sort_unstable();
             for (n, _, _, _, k) in waiting {
-                if busy[n] < p.upload_slots {
+                if busy[n] < p.upload_slots && admissible(&mut running, n, flows[k].dst) {
                     busy[n] += 1;
                     flows[k].admitted = true;
                     served[n][flows[k].blob][flows[k].chunk as usize] += 1;
@@ -526,7 +559,10 @@ pub fn run(p: &Params) -> Outcome {
                 k += 1;
                 continue;
             };
-            if p.upload_order == UploadOrder::Fifo && busy[n] < p.upload_slots {
+            if p.upload_order == UploadOrder::Fifo
+                && busy[n] < p.upload_slots
+                && admissible(&mut running, n, f.dst)
+            {
                 busy[n] += 1;
                 f.admitted = true;
                 served[n][f.blob][f.chunk as usize] += 1;

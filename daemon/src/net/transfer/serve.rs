@@ -137,7 +137,7 @@ impl Transfer {
                 digest,
                 chunk,
                 held,
-            } => return self.serve_chunk(send, digest, chunk, held).await,
+            } => return self.serve_chunk(send, remote, digest, chunk, held).await,
             Message::HaveMap {
                 digest,
                 layout,
@@ -247,6 +247,7 @@ impl Transfer {
     async fn serve_chunk(
         &self,
         mut send: SendStream,
+        requester: PeerId,
         digest: Digest,
         chunk: u32,
         held: u32,
@@ -264,8 +265,8 @@ impl Transfer {
         // Queue for a slot for a while: an immediate Busy makes requesters retry in a
         // tight loop; past the wait they are better off asking someone else. The queue
         // is ordered by how often this node has sent each chunk, then by how far behind
-        // the requester is (`slots`).
-        let permit = self.uploads.acquire(digest, chunk, held).await;
+        // the requester is, and each requester takes at most its share (`slots`).
+        let permit = self.uploads.acquire(requester, digest, chunk, held).await;
         let Some(_permit) = permit else {
             write_message(&mut send, &reject(RejectReason::Busy)).await?;
             let _ = send.finish();
