@@ -168,7 +168,8 @@ pub struct Config {
     #[arg(long, env = "SHOAL_CLUSTER_SECRET_FILE", value_name = "PATH")]
     pub cluster_secret_file: Option<PathBuf>,
 
-    /// Chunk uploads this node serves to peers at once.
+    /// Chunk uploads this node serves to peers at once; each requesting node gets at most
+    /// this many divided by the nodes requesting at the time.
     #[arg(long, env = "SHOAL_MAX_UPLOADS", value_name = "N", default_value = "8")]
     pub max_uploads: usize,
 
