@@ -16,8 +16,8 @@
 //! waiting request for the chunk the node has uploaded least, then to the requester
 //! furthest behind (`upload_order`), each requester taking at most its share of an
 //! uploader's slots (`requester_share`: the slots over the requesters running or
-//! waiting there), and a Tick every 500 ms (the driver ticks every 200 ms; ticks only drive timeouts and
-//! grace periods).
+//! waiting there), and a Tick every 500 ms (the driver ticks every 200 ms; ticks only
+//! drive timeouts and grace periods).
 //! Rates are approximately max-min fair (see [`allocate`]). With `cut_through` (an
 //! exploration; the daemon does not do it) a node announces a chunk from a peer at its
 //! first bytes and relays it no faster than it arrives ([`Relays`]). Every layer starts at once
