@@ -27,19 +27,20 @@
 //! nodes), TCP/QUIC congestion dynamics, the DHT's discovery delay, manifest and config
 //! fetches.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use shoal_daemon::net::transfer::QueueWait;
 use shoal_daemon::swarm::peer_requests_per_download;
 use shoal_daemon::swarm::scheduler::{Action, Config, Event, NodeId, Scheduler, Source};
 use shoal_proto::ChunkLayout;
 
 mod network;
 mod trace;
+mod uploads;
 
 use network::{allocate, slot_of, Endpoint, Flow, Relays};
 use trace::{trace_line, LinkUsage};
+use uploads::Uploaders;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -285,22 +286,7 @@ pub fn run(p: &Params) -> Outcome {
     let mut down_share = vec![0.0; total_nodes];
     let slot = |e: Endpoint| slot_of(e, total_nodes);
     let mut next_trace = t;
-    // Per uploader, the daemon's queue wait, on virtual time.
-    let mut queue_waits: Vec<QueueWait<Duration>> = vec![QueueWait::default(); total_nodes];
-    let queue_wait = |q: &QueueWait<Duration>| {
-        p.upload_queue_wait
-            .unwrap_or_else(|| q.wait())
-            .as_secs_f64()
-    };
-    // Times each node has begun uploading each chunk ([`UploadOrder`]).
-    let mut served: Vec<Vec<Vec<u32>>> = (0..total_nodes)
-        .map(|_| {
-            layouts
-                .iter()
-                .map(|l| vec![0; l.count() as usize])
-                .collect()
-        })
-        .collect();
+    let mut uploaders = Uploaders::new(total_nodes, &layouts);
 
     while t < p.limit.as_secs_f64() && nodes[..p.nodes].iter().any(|n| n.finished_at.is_none()) {
         // 1. Schedulers with news act on it.
@@ -368,7 +354,7 @@ pub fn run(p: &Params) -> Outcome {
                             }
                             let bytes = chunk_bytes(&layouts[b], chunk);
                             let wait = match src {
-                                Endpoint::Node(n) => queue_wait(&queue_waits[n]),
+                                Endpoint::Node(n) => uploaders.queue_wait(p, n),
                                 Endpoint::Origin => f64::INFINITY,
                             };
                             flows.push(Flow {
@@ -438,7 +424,7 @@ pub fn run(p: &Params) -> Outcome {
                         blob: wb,
                         chunk,
                         held: nodes[i].held(wb),
-                        wait: queue_wait(&queue_waits[src]),
+                        wait: uploaders.queue_wait(p, src),
                         queued: false,
                         remaining: bytes as f64,
                         starts: t + lat,
@@ -476,127 +462,23 @@ pub fn run(p: &Params) -> Outcome {
             }
         }
         // 2. Senders admit waiting requests to free upload slots; refuse the stale ones.
-        let mut busy = vec![0usize; total_nodes];
-        for f in flows.iter().filter(|f| f.admitted) {
-            if let Endpoint::Node(n) = f.src {
-                busy[n] += 1;
-            }
-        }
-        // Each requester's share of an uploader's slots: the slots over the nodes running
-        // or waiting there (`net::transfer` upload slots).
-        let mut running: HashMap<(usize, usize), usize> = HashMap::new();
-        let mut requesters: HashMap<usize, HashSet<usize>> = HashMap::new();
-        for f in flows.iter().filter(|f| f.starts <= t) {
-            if let Endpoint::Node(n) = f.src {
-                requesters.entry(n).or_default().insert(f.dst);
-                if f.admitted {
-                    *running.entry((n, f.dst)).or_default() += 1;
-                }
-            }
-        }
-        let share = |n: usize| {
-            if p.requester_share {
-                let r = requesters.get(&n).map_or(1, |r| r.len().max(1));
-                p.upload_slots.div_ceil(r)
-            } else {
-                usize::MAX
-            }
-        };
-        let admissible = |running: &mut HashMap<(usize, usize), usize>, n: usize, dst| {
-            let mine = running.entry((n, dst)).or_default();
-            if *mine < share(n) {
-                *mine += 1;
-                true
-            } else {
-                false
-            }
-        };
-        if p.upload_order != UploadOrder::Fifo {
-            // Waiting requests per uploader, best first; admit while slots are free.
-            let mut waiting: Vec<(usize, u32, u32, u64, usize)> = flows
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| !f.admitted && f.starts <= t)
-                .filter_map(|(k, f)| match f.src {
-                    Endpoint::Node(n) if busy[n] < p.upload_slots => {
-                        let ordered = p.upload_order != UploadOrder::SeedLeastServed
-                            || nodes[n].done.iter().all(|d| *d);
-                        let count = if ordered {
-                            served[n][f.blob][f.chunk as usize]
-                        } else {
-                            0
-                        };
-                        let held = match p.upload_order {
-                            UploadOrder::LeastServedThenBehind => f.held,
-                            _ => 0,
-                        };
-                        Some((n, count, held, (f.starts * 1e9) as u64, k))
-                    }
-                    _ => None,
-                })
-                .collect();
-            waiting.sort_unstable();
-            for (n, _, _, _, k) in waiting {
-                if busy[n] < p.upload_slots && admissible(&mut running, n, flows[k].dst) {
-                    busy[n] += 1;
-                    flows[k].admitted = true;
-                    served[n][flows[k].blob][flows[k].chunk as usize] += 1;
-                    if flows[k].queued {
-                        // A freed slot handed to a waiting request.
-                        queue_waits[n].handed_off(now);
-                    }
-                }
-            }
-        }
-        let mut k = 0;
-        while k < flows.len() {
-            let f = &mut flows[k];
-            if f.admitted || f.starts > t {
-                k += 1;
-                continue;
-            }
-            let Endpoint::Node(n) = f.src else {
-                k += 1;
-                continue;
-            };
-            if p.upload_order == UploadOrder::Fifo
-                && busy[n] < p.upload_slots
-                && admissible(&mut running, n, f.dst)
-            {
-                busy[n] += 1;
-                f.admitted = true;
-                served[n][f.blob][f.chunk as usize] += 1;
-                if f.queued {
-                    queue_waits[n].handed_off(now);
-                }
-                k += 1;
-            } else if t - f.starts >= f.wait {
-                let f = flows.swap_remove(k);
-                nodes[f.dst].peer_in_flight -= 1;
-                seq += 1;
-                let at = ((t + lat) * 1e9) as u64;
-                let source = Source::Peer(nodes[n].id);
-                delayed.insert(
-                    (at, seq),
-                    (
-                        f.dst,
-                        f.blob,
-                        Event::RequestFailed {
-                            source,
-                            chunk: f.chunk,
-                        },
-                    ),
-                );
-            } else {
-                f.queued = true;
-                k += 1;
-            }
-        }
-        // A slot left free: the queue drained, and the next hand-off starts a new run.
-        for (n, q) in queue_waits.iter_mut().enumerate() {
-            if busy[n] < p.upload_slots {
-                q.drained();
-            }
+        for f in uploaders.admit(p, &nodes, &mut flows, t, now) {
+            let Endpoint::Node(n) = f.src else { continue };
+            nodes[f.dst].peer_in_flight -= 1;
+            seq += 1;
+            let at = ((t + lat) * 1e9) as u64;
+            let source = Source::Peer(nodes[n].id);
+            delayed.insert(
+                (at, seq),
+                (
+                    f.dst,
+                    f.blob,
+                    Event::RequestFailed {
+                        source,
+                        chunk: f.chunk,
+                    },
+                ),
+            );
         }
         // 3. The network moves bytes for one step, at max-min fair rates.
         if p.cut_through {
@@ -616,7 +498,14 @@ pub fn run(p: &Params) -> Outcome {
         );
         if let Some(every) = p.trace.filter(|_| t >= next_trace) {
             next_trace += every;
-            let usage = LinkUsage::measure(&flows, &rates, &caps, p.node_rate, seed_node, &served);
+            let usage = LinkUsage::measure(
+                &flows,
+                &rates,
+                &caps,
+                p.node_rate,
+                seed_node,
+                &uploaders.served,
+            );
             trace_line(t, &nodes[..p.nodes], &flows, &out, &layouts, &usage);
         }
         let mut k = 0;
