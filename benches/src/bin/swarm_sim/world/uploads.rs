@@ -53,20 +53,17 @@ impl Uploaders {
     ) -> Vec<Flow> {
         let total_nodes = self.served.len();
         let mut refused = Vec::new();
+        // Uploads running per uploader and per (uploader, requester), and each uploader's
+        // requesters, running or waiting: a requester's share of the slots is the slots
+        // over them (`net::transfer` upload slots). Admitted flows have started.
         let mut busy = vec![0usize; total_nodes];
-        for f in flows.iter().filter(|f| f.admitted) {
-            if let Endpoint::Node(n) = f.src {
-                busy[n] += 1;
-            }
-        }
-        // Each requester's share of an uploader's slots: the slots over the nodes running
-        // or waiting there (`net::transfer` upload slots).
         let mut running: HashMap<(usize, usize), usize> = HashMap::new();
         let mut requesters: HashMap<usize, HashSet<usize>> = HashMap::new();
         for f in flows.iter().filter(|f| f.starts <= t) {
             if let Endpoint::Node(n) = f.src {
                 requesters.entry(n).or_default().insert(f.dst);
                 if f.admitted {
+                    busy[n] += 1;
                     *running.entry((n, f.dst)).or_default() += 1;
                 }
             }
@@ -115,13 +112,7 @@ impl Uploaders {
             waiting.sort_unstable();
             for (n, _, _, _, k) in waiting {
                 if busy[n] < p.upload_slots && admissible(&mut running, n, flows[k].dst) {
-                    busy[n] += 1;
-                    flows[k].admitted = true;
-                    self.served[n][flows[k].blob][flows[k].chunk as usize] += 1;
-                    if flows[k].queued {
-                        // A freed slot handed to a waiting request.
-                        self.queue_waits[n].handed_off(now);
-                    }
+                    self.take_into_slot(&mut busy, &mut flows[k], n, now);
                 }
             }
         }
@@ -140,12 +131,7 @@ impl Uploaders {
                 && busy[n] < p.upload_slots
                 && admissible(&mut running, n, f.dst)
             {
-                busy[n] += 1;
-                f.admitted = true;
-                self.served[n][f.blob][f.chunk as usize] += 1;
-                if f.queued {
-                    self.queue_waits[n].handed_off(now);
-                }
+                self.take_into_slot(&mut busy, f, n, now);
                 k += 1;
             } else if t - f.starts >= f.wait {
                 refused.push(flows.swap_remove(k));
@@ -161,5 +147,16 @@ impl Uploaders {
             }
         }
         refused
+    }
+
+    /// Uploader `n` takes request `f` into a slot.
+    fn take_into_slot(&mut self, busy: &mut [usize], f: &mut Flow, n: usize, now: Duration) {
+        busy[n] += 1;
+        f.admitted = true;
+        self.served[n][f.blob][f.chunk as usize] += 1;
+        if f.queued {
+            // A freed slot handed to a waiting request.
+            self.queue_waits[n].handed_off(now);
+        }
     }
 }
