@@ -14,7 +14,7 @@
 //!
 //! Here: the endpoint, its transport settings and connecting to a peer. `serve`
 //! answers incoming connections and streams, `peer` is the requesting side of one
-//! connection, `slots` and `queue_wait` queue uploads.
+//! connection, `slots` and `queue_wait` queue uploads, `udp` binds the socket.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -207,8 +207,15 @@ impl Transfer {
         let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(transport());
-        let endpoint = quinn::Endpoint::server(server, addr).map_err(|source| NetError::Io {
-            context: format!("binding transfer endpoint {addr}"),
+        let socket = udp::bind(addr)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| NetError::Io {
+            context: format!("starting transfer endpoint {addr}"),
             source,
         })?;
         let uploads = UploadSlots::new(options.max_uploads);
@@ -375,6 +382,7 @@ mod peer;
 mod queue_wait;
 mod serve;
 mod slots;
+mod udp;
 
 pub use peer::{PeerConnection, PeerLink};
 pub use queue_wait::{QueueWait, UPLOAD_QUEUE_WAIT};
