@@ -57,6 +57,13 @@ fn swarm_bench_smoke_run() {
         egress_ratio <= 1.1,
         "cold rollout origin egress {egress_ratio} x model: {report}"
     );
+    // The peers' UDP datagrams are counted in the nodes' namespaces: "x.xx % of N".
+    let drops = cold.split('|').nth(12).unwrap().trim();
+    let received: u64 = drops
+        .rsplit_once(" of ")
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("UDP drops column {drops:?}: {report}"));
+    assert!(received > 0, "no UDP datagrams counted: {report}");
     let svg = std::fs::read_to_string(out.path().join("completion.svg")).unwrap();
     assert!(svg.contains("<circle"), "plot has points");
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::scenario::RunArgs;
+use crate::scenario::{RunArgs, UdpCounters};
 
 /// What one scenario measured.
 pub struct ScenarioResult {
@@ -17,6 +17,8 @@ pub struct ScenarioResult {
     pub peak_rss: u64,
     /// CPU seconds of all daemons.
     pub cpu_secs: f64,
+    /// The nodes' UDP datagrams received and dropped at full receive buffers.
+    pub udp: UdpCounters,
 }
 
 impl ScenarioResult {
@@ -31,7 +33,7 @@ impl ScenarioResult {
     }
 }
 
-const HEADER: &str = "| scenario | nodes | min s | median s | max s | T_limit s | max/T_limit | origin egress | egress/model | peak RSS (max) | daemon CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+const HEADER: &str = "| scenario | nodes | min s | median s | max s | T_limit s | max/T_limit | origin egress | egress/model | peak RSS (max) | daemon CPU s | UDP receive drops |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 /// One table row.
 pub fn row(r: &ScenarioResult) -> String {
@@ -42,16 +44,21 @@ pub fn row(r: &ScenarioResult) -> String {
     );
     // No daemons (the direct scenario): no RSS and no CPU to report. (An empty f64 sum
     // is -0.0, which would print as such.)
-    let (rss, cpu) = if r.peak_rss == 0 {
-        ("—".to_owned(), "—".to_owned())
+    let (rss, cpu, drops) = if r.peak_rss == 0 {
+        ("—".to_owned(), "—".to_owned(), "—".to_owned())
     } else {
         (
             format!("{:.0} MiB", r.peak_rss as f64 / 1048576.0),
             format!("{:.1}", r.cpu_secs),
+            format!(
+                "{:.2} % of {}",
+                100.0 * r.udp.dropped as f64 / r.udp.received.max(1) as f64,
+                r.udp.received
+            ),
         )
     };
     format!(
-        "| {} | {} | {min:.1} | {med:.1} | {:.1} | {:.1} | {:.2} | {:.0} MiB | {:.3} | {rss} | {cpu} |",
+        "| {} | {} | {min:.1} | {med:.1} | {:.1} | {:.1} | {:.2} | {:.0} MiB | {:.3} | {rss} | {cpu} | {drops} |",
         r.name,
         r.times.len(),
         r.max(),

@@ -115,6 +115,30 @@ impl Daemon {
         (rss, cpu)
     }
 
+    /// Its network namespace's UDP counters (datagrams received, datagrams dropped
+    /// because a socket's receive buffer was full). The namespace outlives a killed
+    /// daemon, so a restarted one continues the same counters.
+    fn udp_counters(&self) -> UdpCounters {
+        let pid = self.child.id();
+        let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).unwrap_or_default();
+        let mut udp = snmp.lines().filter_map(|l| l.strip_prefix("Udp:"));
+        let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+            return UdpCounters::default();
+        };
+        let field = |name: &str| {
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0)
+        };
+        UdpCounters {
+            received: field("InDatagrams"),
+            dropped: field("RcvbufErrors"),
+        }
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -124,6 +148,22 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A namespace's UDP counters, or the change in them over a scenario.
+#[derive(Clone, Copy, Default)]
+pub struct UdpCounters {
+    pub received: u64,
+    pub dropped: u64,
+}
+
+impl UdpCounters {
+    fn since(self, before: UdpCounters) -> UdpCounters {
+        UdpCounters {
+            received: self.received.saturating_sub(before.received),
+            dropped: self.dropped.saturating_sub(before.dropped),
+        }
     }
 }
 
@@ -375,6 +415,7 @@ impl Bench {
         let origin_base = format!("http://{}:5000", self.net.origin.ip);
         let mirror = "http://127.0.0.1:5050";
         let mut daemons = Vec::new();
+        let mut udp_before: Vec<UdpCounters> = Vec::new();
         let (times, egress) = match name {
             "direct" => {
                 let before = Network::tx_bytes(&self.net.origin)?;
@@ -383,6 +424,7 @@ impl Bench {
             }
             "cold" | "churn" => {
                 daemons = self.start_daemons(name)?;
+                udp_before = daemons.iter().map(Daemon::udp_counters).collect();
                 let before = Network::tx_bytes(&self.net.origin)?;
                 let pulls = self.spawn_pulls(&all, mirror)?;
                 if name == "churn" {
@@ -410,6 +452,7 @@ impl Bench {
             "warm" => {
                 daemons = self.start_daemons(name)?;
                 Bench::collect(self.spawn_pulls(&[0], mirror)?)?;
+                udp_before = daemons.iter().map(Daemon::udp_counters).collect();
                 let before = Network::tx_bytes(&self.net.origin)?;
                 let times = Bench::collect(self.spawn_pulls(&all[1..], mirror)?)?;
                 (times, Network::tx_bytes(&self.net.origin)? - before)
@@ -417,6 +460,14 @@ impl Bench {
             other => bail!("unknown scenario {other:?} (direct, cold, warm, churn)"),
         };
         let usage: Vec<(u64, f64)> = daemons.iter().map(Daemon::usage).collect();
+        let udp = daemons
+            .iter()
+            .zip(&udp_before)
+            .map(|(d, before)| d.udp_counters().since(*before))
+            .fold(UdpCounters::default(), |sum, u| UdpCounters {
+                received: sum.received + u.received,
+                dropped: sum.dropped + u.dropped,
+            });
         drop(daemons);
         let _ = std::fs::remove_dir_all(self.work.path().join(name));
         Ok(ScenarioResult {
@@ -427,6 +478,7 @@ impl Bench {
             model_bytes: self.model_bytes,
             peak_rss: usage.iter().map(|u| u.0).max().unwrap_or(0),
             cpu_secs: usage.iter().map(|u| u.1).sum(),
+            udp,
         })
     }
 }
