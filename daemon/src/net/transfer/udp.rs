@@ -4,9 +4,10 @@
 //! distributions) holds a fraction of a millisecond of a fast link. When the daemon is
 //! not scheduled in time (a busy GPU node, or many daemons on a few cores) the kernel
 //! drops whatever arrives next, QUIC counts it as loss, and the sender's congestion
-//! window shrinks. On 8 emulated nodes sharing 2 vCPUs, 1.9-2.5 % of the datagrams
-//! were dropped this way with the default buffer and 0.02-0.10 % with 4 MiB
-//! (benches/RESULTS.md, session 18). quic-go asks for 7 MiB for the same reason.
+//! window shrinks. In cold starts of 8 emulated nodes sharing 2 vCPUs, 1.7-2.3 % of
+//! the peers' datagrams were dropped this way with the default buffer and none with
+//! this one, and the last node finished about 0.1 x T_limit sooner (benches/RESULTS.md,
+//! session 18). quic-go asks for 7 MiB for the same reason.
 
 use std::net::SocketAddr;
 
