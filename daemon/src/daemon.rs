@@ -69,6 +69,7 @@ pub struct Daemon {
     control_router: axum::Router,
     ops: Option<(tokio::net::TcpListener, axum::Router)>,
     shutdown_grace: std::time::Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Daemon {
@@ -188,7 +189,7 @@ impl Daemon {
         let control = Arc::new(Control::new(
             store,
             downloads,
-            metrics,
+            metrics.clone(),
             control_network,
             peer_id.to_string(),
             mirror_addr,
@@ -240,6 +241,7 @@ impl Daemon {
             control_router: control::router(control, None),
             ops,
             shutdown_grace: config.shutdown_grace,
+            metrics,
         })
     }
 
@@ -289,8 +291,10 @@ impl Daemon {
         };
         let mirror =
             axum::serve(self.listener, self.router).with_graceful_shutdown(until_stopped());
-        let serving =
-            async { tokio::try_join!(mirror, control_unix, control_tcp, ops, drain).map(|_| ()) };
+        let drops = watch_transfer_drops(self.transfer.clone(), self.metrics, until_stopped());
+        let serving = async {
+            tokio::try_join!(mirror, control_unix, control_tcp, ops, drain, drops).map(|_| ())
+        };
         // A client still reading a blob after the grace period is cut off.
         let deadline = async {
             until_stopped().await;
@@ -306,6 +310,55 @@ impl Daemon {
         let _ = std::fs::remove_file(&self.control_socket);
         result
     }
+}
+
+/// How often the transfer socket's drop count is read into the metrics.
+const DROP_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+/// At most one warning this often while the kernel keeps dropping datagrams.
+const DROP_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Reads the transfer socket's drops into the metrics until `stop`, and warns while the
+/// kernel drops datagrams there: transfers then slow down, and `net.core.rmem_max` is
+/// usually why (the socket could not get the buffer it asked for).
+async fn watch_transfer_drops(
+    transfer: Option<Arc<crate::net::transfer::Transfer>>,
+    metrics: Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let Some(transfer) = transfer else {
+        return Ok(());
+    };
+    let watch = async {
+        let mut tick = tokio::time::interval(DROP_CHECK);
+        let mut unreported = 0u64;
+        let mut last_warning: Option<tokio::time::Instant> = None;
+        loop {
+            tick.tick().await;
+            let Some(total) = transfer.receive_drops() else {
+                continue;
+            };
+            unreported += metrics.record_transfer_drops(total);
+            let due = match last_warning {
+                Some(at) => at.elapsed() >= DROP_WARNING_EVERY,
+                None => true,
+            };
+            if unreported > 0 && due {
+                tracing::warn!(
+                    dropped = unreported,
+                    total,
+                    "the kernel dropped datagrams at the transfer socket (receive buffer \
+                     full); peer transfers slow down. Raise net.core.rmem_max (deploy/README.md)"
+                );
+                unreported = 0;
+                last_warning = Some(tokio::time::Instant::now());
+            }
+        }
+    };
+    tokio::select! {
+        () = stop => {}
+        () = watch => {}
+    }
+    Ok(())
 }
 
 /// Binds the control socket, replacing a stale one a crashed daemon left, but never

@@ -55,6 +55,9 @@ pub struct Metrics {
     pub cache_misses: Family<KindLabels, Counter>,
     /// Bytes in the content store (set at scrape time).
     pub store_bytes: Gauge,
+    /// Datagrams the kernel dropped at the peer-transfer socket (full receive buffer),
+    /// as last read by [`Metrics::record_transfer_drops`].
+    pub transfer_receive_drops: Counter,
 }
 
 impl Default for Metrics {
@@ -70,6 +73,7 @@ impl Default for Metrics {
             cache_hits: Family::default(),
             cache_misses: Family::default(),
             store_bytes: Gauge::default(),
+            transfer_receive_drops: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("http_requests", "Mirror HTTP requests", m.requests.clone());
@@ -113,6 +117,12 @@ impl Default for Metrics {
             "Bytes held in the content store",
             m.store_bytes.clone(),
         );
+        registry.register(
+            "transfer_receive_drops",
+            "Datagrams the kernel dropped at the peer-transfer socket because its receive \
+             buffer was full (raise net.core.rmem_max)",
+            m.transfer_receive_drops.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -126,6 +136,16 @@ impl Metrics {
             &self.cache_misses
         };
         family.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Sets the transfer-socket drop counter to the kernel's `total` (it never goes
+    /// back) and returns how many drops are new since the last call.
+    pub fn record_transfer_drops(&self, total: u64) -> u64 {
+        let before = self
+            .transfer_receive_drops
+            .inner()
+            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+        total.saturating_sub(before)
     }
 
     /// The Prometheus text exposition.

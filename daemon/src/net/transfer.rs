@@ -102,6 +102,7 @@ pub struct Transfer {
     preheater: std::sync::OnceLock<Arc<dyn Preheater>>,
     /// Set on shutdown: new chunk requests are refused, running uploads finish.
     draining: std::sync::atomic::AtomicBool,
+    receive_drops: Option<udp::SocketDrops>,
 }
 
 /// Packets the receiver of a chunk may take before it must acknowledge (QUIC ACK
@@ -208,6 +209,7 @@ impl Transfer {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(transport());
         let socket = udp::bind(addr)?;
+        let receive_drops = udp::SocketDrops::of(&socket);
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server),
@@ -231,10 +233,17 @@ impl Transfer {
             local: std::sync::OnceLock::new(),
             preheater: std::sync::OnceLock::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            receive_drops,
         });
         let serving = transfer.clone();
         tokio::spawn(async move { serving.accept_loop().await });
         Ok(transfer)
+    }
+
+    /// Datagrams the kernel dropped at the endpoint's socket because its receive buffer
+    /// was full, since it was bound (`None` where `/proc` does not say).
+    pub fn receive_drops(&self) -> Option<u64> {
+        self.receive_drops.and_then(|d| d.read())
     }
 
     /// Lets peers see running downloads (set once, after the downloads registry exists).

@@ -187,12 +187,7 @@ async fn blob_headers_ranges_and_errors() {
     // Nothing was written outside the data dir by the hostile names.
     assert!(!s.data_dir.parent().unwrap().join("etc").exists());
 
-    let metrics = reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics_text().await;
     assert!(
         metrics.contains("shoal_http_requests_total{route=\"blob\",method=\"GET\",status=\"206\"}"),
         "{metrics}"

@@ -147,3 +147,52 @@ async fn shoald_without_a_secret_warns_loudly() {
     let s = Shoald::start(&["--transfer-addr", &transfer_addr]).await;
     assert!(s.logs().contains("NO CLUSTER SECRET"));
 }
+
+/// A daemon that does not drain its transfer socket in time loses datagrams in the
+/// kernel. Those drops show in `/metrics` and in a warning that names the sysctl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_dropped_at_the_transfer_socket_are_counted_and_reported() {
+    let transfer_addr = format!("127.0.0.1:{}", free_udp_port("127.0.0.1"));
+    let s = Shoald::start(&["--transfer-addr", &transfer_addr]).await;
+    let body = s.metrics_text().await;
+    assert!(
+        body.contains("shoal_transfer_receive_drops_total 0"),
+        "{body}"
+    );
+    // Stopped, the daemon reads nothing; 20,000 datagrams are more than its 8 MiB
+    // receive buffer holds.
+    let signal = |sig: &str| {
+        let pid = s.pid().to_string();
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..20_000 {
+        sender.send_to(&[0u8; 1200], &transfer_addr).unwrap();
+    }
+    signal("-CONT");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut dropped = 0.0;
+    while dropped == 0.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        dropped = s.metric("shoal_transfer_receive_drops_total").await;
+    }
+    assert!(
+        dropped > 0.0 && dropped < 20_000.0,
+        "dropped {dropped}: {}",
+        s.logs()
+    );
+    let warned = "dropped datagrams at the transfer socket";
+    while !s.logs().contains(warned) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let logs = s.logs();
+    assert!(
+        logs.contains(warned) && logs.contains("net.core.rmem_max"),
+        "{logs}"
+    );
+}

@@ -92,9 +92,82 @@ fn force_receive_buffer(_socket: &Socket, _bytes: usize) -> bool {
     false
 }
 
+/// The kernel's count of datagrams dropped at one socket because its receive buffer was
+/// full: the `drops` column of `/proc/net/udp` (or `udp6`), found by the socket's inode.
+/// Where the buffer could not be enlarged, this is how an operator sees it hurting.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketDrops {
+    inode: u64,
+    ipv6: bool,
+}
+
+impl SocketDrops {
+    /// The counter of `socket`, or `None` where `/proc` does not say (not Linux).
+    pub fn of(socket: &std::net::UdpSocket) -> Option<SocketDrops> {
+        use std::os::fd::AsRawFd as _;
+        use std::os::unix::fs::MetadataExt as _;
+        // /proc/self/fd/N resolves to the socket itself, whose inode /proc/net/udp lists.
+        let inode = std::fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
+            .ok()?
+            .ino();
+        let ipv6 = socket.local_addr().ok()?.is_ipv6();
+        Some(SocketDrops { inode, ipv6 })
+    }
+
+    /// Datagrams dropped so far, or `None` if the socket is not listed.
+    pub fn read(&self) -> Option<u64> {
+        let table = if self.ipv6 {
+            "/proc/net/udp6"
+        } else {
+            "/proc/net/udp"
+        };
+        parse_drops(&std::fs::read_to_string(table).ok()?, self.inode)
+    }
+}
+
+/// The `drops` column (the last) of the row whose `inode` column (the tenth) matches.
+fn parse_drops(table: &str, inode: u64) -> Option<u64> {
+    table.lines().skip(1).find_map(|row| {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        (fields.get(9)?.parse::<u64>().ok()? == inode)
+            .then(|| fields.last()?.parse().ok())
+            .flatten()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_drops_column_is_read_from_the_row_of_the_inode() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  1: 0100007F:13BC 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 0
+  2: 0100007F:13BD 00000000:0000 07 00000000:00034000 00:00000000 00000000     0        0 5151 2 0000000000000000 1723
+";
+        assert_eq!(parse_drops(table, 5151), Some(1723));
+        assert_eq!(parse_drops(table, 4242), Some(0));
+        assert_eq!(parse_drops(table, 99), None);
+        assert_eq!(parse_drops("", 5151), None);
+    }
+
+    #[test]
+    fn datagrams_the_buffer_cannot_hold_are_counted() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&receiver)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let drops = SocketDrops::of(&receiver).expect("listed in /proc/net/udp");
+        assert_eq!(drops.read(), Some(0));
+        // Nobody reads, and the buffer holds a few datagrams.
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = receiver.local_addr().unwrap();
+        for _ in 0..2000 {
+            sender.send_to(&[0u8; 1024], to).unwrap();
+        }
+        let dropped = drops.read().unwrap();
+        assert!(dropped > 0 && dropped < 2000, "dropped {dropped}");
+    }
 
     #[test]
     fn the_socket_is_bound_and_its_receive_buffer_enlarged() {

@@ -146,14 +146,19 @@ impl Shoald {
         self.spawn().await;
     }
 
-    /// A Prometheus counter's value (summing all label sets of `name`).
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
+    /// The `/metrics` exposition text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(self.url("/metrics"))
             .await
             .expect("metrics")
             .text()
             .await
-            .expect("metrics body");
+            .expect("metrics body")
+    }
+
+    /// A Prometheus counter's value (summing all label sets of `name`).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .filter(|l| {
                 l.starts_with(name)
