@@ -64,6 +64,18 @@ fn swarm_bench_smoke_run() {
         .and_then(|(_, n)| n.parse().ok())
         .unwrap_or_else(|| panic!("UDP drops column {drops:?}: {report}"));
     assert!(received > 0, "no UDP datagrams counted: {report}");
+    // The origin's TCP segments are counted in its namespace: "x.xx % of N".
+    let direct = report
+        .lines()
+        .find(|l| l.starts_with("| direct |"))
+        .unwrap();
+    let segments: u64 = direct
+        .split('|')
+        .nth(13)
+        .and_then(|c| c.trim().rsplit_once(" of "))
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("origin TCP column: {report}"));
+    assert!(segments > 0, "no origin TCP segments counted: {report}");
     let svg = std::fs::read_to_string(out.path().join("completion.svg")).unwrap();
     assert!(svg.contains("<circle"), "plot has points");
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();

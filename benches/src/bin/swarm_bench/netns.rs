@@ -55,6 +55,22 @@ pub fn cleanup() {
     }
 }
 
+/// A namespace's TCP segment counters, or their change over a scenario.
+#[derive(Clone, Copy, Default)]
+pub struct TcpSegments {
+    pub sent: u64,
+    pub retransmitted: u64,
+}
+
+impl TcpSegments {
+    pub fn since(self, before: TcpSegments) -> TcpSegments {
+        TcpSegments {
+            sent: self.sent.saturating_sub(before.sent),
+            retransmitted: self.retransmitted.saturating_sub(before.retransmitted),
+        }
+    }
+}
+
 impl Network {
     /// Builds the origin and `nodes` node hosts with links of `rate` (a tc rate, e.g.
     /// `200mbit`).
@@ -106,6 +122,17 @@ impl Network {
         })
     }
 
+    /// TCP segments `host` has sent so far, and how many of them were retransmissions.
+    pub fn tcp_segments(host: &Host) -> Result<TcpSegments> {
+        let out =
+            run(Command::new("ip").args(["netns", "exec", &host.ns, "cat", "/proc/net/snmp"]))?;
+        let snmp = String::from_utf8_lossy(&out.stdout);
+        Ok(TcpSegments {
+            sent: snmp_field(&snmp, "Tcp", "OutSegs"),
+            retransmitted: snmp_field(&snmp, "Tcp", "RetransSegs"),
+        })
+    }
+
     /// Bytes `host` has sent on its link so far.
     pub fn tx_bytes(host: &Host) -> Result<u64> {
         let out = ip(&["-n", &host.ns, "-j", "-s", "link", "show", "dev", "eth0"])?;
@@ -114,6 +141,22 @@ impl Network {
             .as_u64()
             .context("no tx byte counter in `ip -s link` output")
     }
+}
+
+/// One counter of `/proc/net/snmp` text: `field` of the `protocol` rows (`Udp`, `Tcp`),
+/// 0 if absent.
+pub fn snmp_field(snmp: &str, protocol: &str, field: &str) -> u64 {
+    let prefix = format!("{protocol}:");
+    let mut rows = snmp.lines().filter_map(|l| l.strip_prefix(prefix.as_str()));
+    let (Some(names), Some(values)) = (rows.next(), rows.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == field)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A token bucket on `dev`'s egress: burst of 64 KiB per 100 Mbit/s-ish, latency cap 50 ms.

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::netns::TcpSegments;
 use crate::scenario::{RunArgs, UdpCounters};
 
 /// What one scenario measured.
@@ -12,6 +13,8 @@ pub struct ScenarioResult {
     pub t_limit: f64,
     /// Bytes the origin sent during the timed part.
     pub egress: u64,
+    /// The origin's TCP segments sent and retransmitted during the timed part.
+    pub origin_tcp: TcpSegments,
     pub model_bytes: u64,
     /// Largest peak RSS among the daemons (0 for `direct`).
     pub peak_rss: u64,
@@ -33,7 +36,7 @@ impl ScenarioResult {
     }
 }
 
-const HEADER: &str = "| scenario | nodes | min s | median s | max s | T_limit s | max/T_limit | origin egress | egress/model | peak RSS (max) | daemon CPU s | UDP receive drops |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+const HEADER: &str = "| scenario | nodes | min s | median s | max s | T_limit s | max/T_limit | origin egress | egress/model | peak RSS (max) | daemon CPU s | UDP receive drops | origin TCP retransmitted |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 /// One table row.
 pub fn row(r: &ScenarioResult) -> String {
@@ -57,8 +60,13 @@ pub fn row(r: &ScenarioResult) -> String {
             ),
         )
     };
+    let retransmitted = format!(
+        "{:.2} % of {}",
+        100.0 * r.origin_tcp.retransmitted as f64 / r.origin_tcp.sent.max(1) as f64,
+        r.origin_tcp.sent
+    );
     format!(
-        "| {} | {} | {min:.1} | {med:.1} | {:.1} | {:.1} | {:.2} | {:.0} MiB | {:.3} | {rss} | {cpu} | {drops} |",
+        "| {} | {} | {min:.1} | {med:.1} | {:.1} | {:.1} | {:.2} | {:.0} MiB | {:.3} | {rss} | {cpu} | {drops} | {retransmitted} |",
         r.name,
         r.times.len(),
         r.max(),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::netns::{self, Host, Network};
+use crate::netns::{self, snmp_field, Host, Network, TcpSegments};
 use crate::report::{self, ScenarioResult};
 
 /// Options of `swarm-bench run`.
@@ -121,21 +121,9 @@ impl Daemon {
     fn udp_counters(&self) -> UdpCounters {
         let pid = self.child.id();
         let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).unwrap_or_default();
-        let mut udp = snmp.lines().filter_map(|l| l.strip_prefix("Udp:"));
-        let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
-            return UdpCounters::default();
-        };
-        let field = |name: &str| {
-            names
-                .split_whitespace()
-                .zip(values.split_whitespace())
-                .find(|(n, _)| *n == name)
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0)
-        };
         UdpCounters {
-            received: field("InDatagrams"),
-            dropped: field("RcvbufErrors"),
+            received: snmp_field(&snmp, "Udp", "InDatagrams"),
+            dropped: snmp_field(&snmp, "Udp", "RcvbufErrors"),
         }
     }
 
@@ -163,6 +151,21 @@ impl UdpCounters {
         UdpCounters {
             received: self.received.saturating_sub(before.received),
             dropped: self.dropped.saturating_sub(before.dropped),
+        }
+    }
+}
+
+/// The origin's counters, or their change over a scenario's timed part.
+struct OriginCounters {
+    bytes: u64,
+    tcp: TcpSegments,
+}
+
+impl OriginCounters {
+    fn since(self, before: OriginCounters) -> OriginCounters {
+        OriginCounters {
+            bytes: self.bytes - before.bytes,
+            tcp: self.tcp.since(before.tcp),
         }
     }
 }
@@ -410,22 +413,30 @@ impl Bench {
         Ok(times)
     }
 
+    /// What the origin has sent so far: bytes on its link, and its TCP segments.
+    fn origin_counters(&self) -> Result<OriginCounters> {
+        Ok(OriginCounters {
+            bytes: Network::tx_bytes(&self.net.origin)?,
+            tcp: Network::tcp_segments(&self.net.origin)?,
+        })
+    }
+
     async fn scenario(&mut self, name: &str) -> Result<ScenarioResult> {
         let all: Vec<usize> = (0..self.net.nodes.len()).collect();
         let origin_base = format!("http://{}:5000", self.net.origin.ip);
         let mirror = "http://127.0.0.1:5050";
         let mut daemons = Vec::new();
         let mut udp_before: Vec<UdpCounters> = Vec::new();
-        let (times, egress) = match name {
+        let (times, origin) = match name {
             "direct" => {
-                let before = Network::tx_bytes(&self.net.origin)?;
+                let before = self.origin_counters()?;
                 let times = Bench::collect(self.spawn_pulls(&all, &origin_base)?)?;
-                (times, Network::tx_bytes(&self.net.origin)? - before)
+                (times, self.origin_counters()?.since(before))
             }
             "cold" | "churn" => {
                 daemons = self.start_daemons(name)?;
                 udp_before = daemons.iter().map(Daemon::udp_counters).collect();
-                let before = Network::tx_bytes(&self.net.origin)?;
+                let before = self.origin_counters()?;
                 let pulls = self.spawn_pulls(&all, mirror)?;
                 if name == "churn" {
                     std::thread::sleep(Duration::from_secs_f64(self.t_limit() * 0.4));
@@ -447,15 +458,15 @@ impl Bench {
                     }
                 }
                 let times = Bench::collect(pulls)?;
-                (times, Network::tx_bytes(&self.net.origin)? - before)
+                (times, self.origin_counters()?.since(before))
             }
             "warm" => {
                 daemons = self.start_daemons(name)?;
                 Bench::collect(self.spawn_pulls(&[0], mirror)?)?;
                 udp_before = daemons.iter().map(Daemon::udp_counters).collect();
-                let before = Network::tx_bytes(&self.net.origin)?;
+                let before = self.origin_counters()?;
                 let times = Bench::collect(self.spawn_pulls(&all[1..], mirror)?)?;
-                (times, Network::tx_bytes(&self.net.origin)? - before)
+                (times, self.origin_counters()?.since(before))
             }
             other => bail!("unknown scenario {other:?} (direct, cold, warm, churn)"),
         };
@@ -474,7 +485,8 @@ impl Bench {
             name: name.to_owned(),
             times: times.into_iter().map(|(_, t)| t).collect(),
             t_limit: self.t_limit(),
-            egress,
+            egress: origin.bytes,
+            origin_tcp: origin.tcp,
             model_bytes: self.model_bytes,
             peak_rss: usage.iter().map(|u| u.0).max().unwrap_or(0),
             cpu_secs: usage.iter().map(|u| u.1).sum(),
