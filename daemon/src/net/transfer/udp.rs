@@ -20,6 +20,9 @@ use super::super::NetError;
 /// 25 Gbit/s link. It is memory the kernel uses only while datagrams wait.
 pub const RECEIVE_BUFFER: usize = 4 << 20;
 
+/// The size the kernel reports once it granted [`RECEIVE_BUFFER`] in full (doubled).
+const GRANTED_BUFFER: usize = 2 * RECEIVE_BUFFER;
+
 /// Binds the endpoint's socket and enlarges its receive buffer. `SO_RCVBUF` is capped
 /// by `net.core.rmem_max`; with `CAP_NET_ADMIN` the cap is bypassed (`SO_RCVBUFFORCE`).
 /// A buffer left smaller than asked is logged, with the sysctl that fixes it.
@@ -35,9 +38,9 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, NetError> {
         .map_err(|e| io("binding the UDP socket", e))?;
     let before = socket.recv_buffer_size().unwrap_or(0);
     let got = enlarge_receive_buffer(&socket);
-    if got < 2 * RECEIVE_BUFFER {
+    if got < GRANTED_BUFFER {
         tracing::warn!(
-            wanted_kib = 2 * RECEIVE_BUFFER / 1024,
+            wanted_kib = GRANTED_BUFFER / 1024,
             got_kib = got / 1024,
             "the transfer socket's UDP receive buffer is smaller than wanted; bursts that \
              arrive while shoald waits for a CPU are dropped and slow transfers down. Raise \
@@ -59,7 +62,7 @@ fn enlarge_receive_buffer(socket: &Socket) -> usize {
     // Failing to enlarge is not fatal: the default buffer works, only less well.
     let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
     let got = socket.recv_buffer_size().unwrap_or(0);
-    if got >= 2 * RECEIVE_BUFFER {
+    if got >= GRANTED_BUFFER {
         return got;
     }
     if force_receive_buffer(socket, RECEIVE_BUFFER) {
@@ -181,9 +184,10 @@ mod tests {
             .unwrap();
         // As root (CI) the force path lifts any rmem_max; otherwise the cap decides,
         // and the buffer is still never smaller than the default.
-        let root = running_as_root();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
         if root {
-            assert!(got >= 2 * RECEIVE_BUFFER, "got {got} bytes as root");
+            assert!(got >= GRANTED_BUFFER, "got {got} bytes as root");
         } else {
             assert!(got >= default, "got {got}, default {default}");
         }
@@ -195,16 +199,5 @@ mod tests {
         let addr = first.local_addr().unwrap();
         let err = bind(addr).unwrap_err().to_string();
         assert!(err.contains(&addr.to_string()), "{err}");
-    }
-
-    fn running_as_root() -> bool {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-            })
-            .unwrap_or(false)
     }
 }
