@@ -28,6 +28,7 @@
 //! - [`config`], [`metrics`], [`daemon`]: flags/TOML/env, Prometheus, wiring.
 #![deny(missing_docs)]
 
+mod buffers;
 pub mod config;
 pub mod control;
 pub mod daemon;

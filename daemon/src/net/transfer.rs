@@ -32,6 +32,7 @@ use shoal_proto::{ChunkLayout, Digest};
 use self::slots::UploadSlots;
 use super::rate::RateLimit;
 use super::NetError;
+use crate::buffers::BufferPool;
 use crate::store::Store;
 
 /// QUIC close codes, so the other side's logs say why.
@@ -40,6 +41,13 @@ const CLOSE_PROTOCOL: u32 = 0x5350;
 
 /// Bytes read and sent at a time when serving a chunk.
 const UPLOAD_PIECE: u64 = 256 * 1024;
+
+/// Idle chunk buffers kept for the next fetches: the node-wide peer requests in flight
+/// (`swarm::tuning::MAX_PEER_REQUESTS`, 12) and a few more, at the default 1 MiB chunks.
+const CHUNK_BUFFERS_RETAINED: usize = 16 << 20;
+/// Idle upload pieces kept: what the default 8 upload slots have in flight at 1 MiB
+/// chunks, and as much again waiting for acknowledgement.
+const UPLOAD_BUFFERS_RETAINED: usize = 16 << 20;
 
 /// How long a new connection may take to present its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,6 +105,8 @@ pub struct Transfer {
     uploads: UploadSlots,
     upload_rate: RateLimit,
     download_rate: Arc<RateLimit>,
+    chunk_buffers: BufferPool,
+    upload_buffers: BufferPool,
     connections: std::sync::Mutex<std::collections::HashMap<PeerId, Arc<PeerConnection>>>,
     local: std::sync::OnceLock<Arc<dyn LocalBlobs>>,
     preheater: std::sync::OnceLock<Arc<dyn Preheater>>,
@@ -229,6 +239,8 @@ impl Transfer {
             uploads,
             upload_rate: RateLimit::new(options.max_upload_rate),
             download_rate: Arc::new(RateLimit::new(options.max_download_rate)),
+            chunk_buffers: BufferPool::new(CHUNK_BUFFERS_RETAINED),
+            upload_buffers: BufferPool::new(UPLOAD_BUFFERS_RETAINED),
             connections: Default::default(),
             local: std::sync::OnceLock::new(),
             preheater: std::sync::OnceLock::new(),
@@ -370,6 +382,7 @@ impl Transfer {
                     conn,
                     remote,
                     download_rate: self.download_rate.clone(),
+                    chunk_buffers: self.chunk_buffers.clone(),
                 })
             }
             Ok(_) => {

@@ -32,6 +32,8 @@ pub struct Ingest {
     /// Bytes written, all contiguous from 0.
     offset: u64,
     chunks: Vec<Option<ChunkHash>>,
+    /// Chunks read back for the sha256 (those that arrived before the prefix reached them).
+    readback: Vec<u8>,
     reserved: u64,
     committed: bool,
 }
@@ -112,6 +114,7 @@ impl Ingest {
             chunk_hasher: blake3::Hasher::new(),
             offset: 0,
             reserved: size,
+            readback: Vec::new(),
             committed: false,
         };
         if resumable {
@@ -238,7 +241,8 @@ impl Ingest {
     /// using `fresh` for the chunk just written and reading the others back (they are
     /// in the page cache: they were written moments ago or verified at resume).
     fn advance_sha(&mut self, fresh: Option<(u32, &[u8])>) -> Result<()> {
-        let mut buf = Vec::new();
+        // Kept between calls: a fresh chunk-sized buffer per call is a fresh mapping.
+        let mut buf = std::mem::take(&mut self.readback);
         loop {
             let index = self.layout.chunk_of(self.offset);
             let Some(range) = self
@@ -265,6 +269,7 @@ impl Ingest {
             }
             self.offset = range.end;
         }
+        self.readback = buf;
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt as _;
 use http::header::{CONTENT_RANGE, RANGE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -206,9 +206,10 @@ pub(super) async fn fetch_origin_range(
         }
     };
     let want = (range.end - range.start) as usize;
-    let mut out = BytesMut::with_capacity(want);
+    let mut out = ctx.range_buffers.take(want);
+    let mut filled = 0;
     let mut body = resp.bytes_stream();
-    while out.len() < want {
+    while filled < want {
         let Some(piece) = body.next().await else {
             break;
         };
@@ -221,14 +222,14 @@ pub(super) async fn fetch_origin_range(
             skip -= n as u64;
             piece = piece.slice(n..);
         }
-        let take = piece.len().min(want - out.len());
+        let take = piece.len().min(want - filled);
         ctx.metrics.upstream_bytes.inc_by(take as u64);
-        out.extend_from_slice(&piece[..take]);
+        out[filled..filled + take].copy_from_slice(&piece[..take]);
+        filled += take;
     }
-    if out.len() != want {
+    if filled != want {
         return Err(protocol(format!(
-            "range {value} ended after {} bytes",
-            out.len()
+            "range {value} ended after {filled} bytes"
         )));
     }
     Ok(out.freeze())

@@ -31,6 +31,7 @@ use http::HeaderValue;
 use shoal_proto::Digest;
 use tokio::sync::watch;
 
+use crate::buffers::BufferPool;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::upstream::{Target, Upstream, UpstreamError};
@@ -153,7 +154,13 @@ pub(crate) struct Context {
     pub(crate) store: Arc<Store>,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Where origin ranges are gathered ([`crate::buffers`]); they return once written.
+    pub(crate) range_buffers: BufferPool,
 }
+
+/// Idle origin-range buffers kept: what a download alone keeps in flight
+/// ([`tuning::origin_requests_alone`], 8 MiB).
+const RANGE_BUFFERS_RETAINED: usize = 8 << 20;
 
 /// The node's peer networking, as downloads use it.
 pub struct PeerNetwork {
@@ -203,6 +210,7 @@ impl Downloads {
                 store,
                 upstream,
                 metrics,
+                range_buffers: BufferPool::new(RANGE_BUFFERS_RETAINED),
             }),
             swarm,
             running: Arc::default(),

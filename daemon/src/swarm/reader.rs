@@ -4,13 +4,14 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
 
 use super::Progress;
+use crate::buffers::BufferPool;
 
 /// Read size per step. Large enough for loopback throughput, small enough that a slow
 /// client costs little memory.
@@ -19,6 +20,14 @@ const READ_SIZE: usize = 512 * 1024;
 /// (8 MiB of mapped page cache per client at most).
 const COMMITTED_READ_SIZE: usize = 2 * 1024 * 1024;
 const READ_AHEAD: usize = 4;
+/// Idle piece buffers kept for the streams of running downloads, shared by all clients.
+const READ_BUFFERS_RETAINED: usize = 8 << 20;
+
+/// Piece buffers for streaming running downloads ([`crate::buffers`]): every byte a
+/// client pulls while the blob downloads passes through one, so fresh ones would fault
+/// in the whole blob again.
+static READ_BUFFERS: LazyLock<BufferPool> =
+    LazyLock::new(|| BufferPool::new(READ_BUFFERS_RETAINED));
 
 /// Where the bytes come from.
 pub enum BlobSource {
@@ -67,7 +76,7 @@ pub fn stream_range(
             let f = file.clone();
             let at = pos;
             let chunk = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
-                let mut buf = BytesMut::zeroed(want);
+                let mut buf = READ_BUFFERS.take(want);
                 f.read_exact_at(&mut buf, at)?;
                 Ok(buf.freeze())
             })

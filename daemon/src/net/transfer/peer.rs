@@ -12,6 +12,7 @@ use shoal_proto::wire::Message;
 use shoal_proto::{ChunkIndex, ChunkLayout, Digest};
 
 use super::{read_message, read_message_or_end, write_message};
+use crate::buffers::BufferPool;
 use crate::net::rate::RateLimit;
 use crate::net::NetError;
 
@@ -47,6 +48,8 @@ impl PeerLink {
 pub struct PeerConnection {
     pub(super) conn: Connection,
     pub(super) download_rate: Arc<RateLimit>,
+    /// Where fetched chunks are read into; they return once written to the store.
+    pub(super) chunk_buffers: BufferPool,
     /// The peer's verified identity.
     pub remote: PeerId,
 }
@@ -89,11 +92,11 @@ impl PeerConnection {
                 },
                 mut recv,
             ) if d == digest && c == chunk && len <= max_len => {
-                let mut buf = vec![0u8; len as usize];
+                let mut buf = self.chunk_buffers.take(len as usize);
                 recv.read_exact(&mut buf)
                     .await
                     .map_err(|e| NetError::Connection(format!("reading chunk: {e}")))?;
-                Ok(Bytes::from(buf))
+                Ok(buf.freeze())
             }
             (Message::Reject { reason, .. }, _) => Err(NetError::Rejected(reason)),
             (other, _) => Err(NetError::Protocol(format!(

@@ -292,26 +292,30 @@ impl Transfer {
         let _ = send.set_priority(-1);
         write_message(&mut send, &Message::ChunkData { digest, chunk, len }).await?;
         // Stream the chunk in pieces: a whole-chunk buffer per upload is what would
-        // dominate a seed's memory with many peers. One piece buffer per upload, handed
-        // to the blocking read and back (quinn copies what is written): a fresh 256 KiB
-        // buffer per piece is a fresh mapping (shoald's malloc maps blocks this large
-        // directly) and 64 page faults, 256 per 1 MiB chunk.
-        let mut buf = Vec::new();
+        // dominate a seed's memory with many peers. The pieces are pooled buffers handed
+        // to quinn without a copy (`write_chunk`); they return to the pool once the peer
+        // has acknowledged them. `write_all` would copy each piece into a fresh
+        // allocation, and at 256 KiB that is a fresh mapping (`crate::buffers`).
         let mut at = range.start;
         while at < range.end {
             let want = (range.end - at).min(UPLOAD_PIECE) as usize;
             let f = file.clone();
-            buf.resize(want, 0);
-            buf = tokio::task::spawn_blocking(move || f.read_exact_at(&mut buf, at).map(|()| buf))
-                .await
-                .map_err(|e| NetError::Connection(e.to_string()))?
-                .map_err(|e| NetError::Connection(format!("reading chunk {chunk}: {e}")))?;
+            let mut piece = self.upload_buffers.take(want);
             #[cfg(feature = "fault-injection")]
-            if at == range.start {
-                fault::corrupt(&mut buf);
-            }
-            self.upload_rate.acquire(buf.len() as u64).await;
-            send.write_all(&buf)
+            let first_piece = at == range.start;
+            let piece = tokio::task::spawn_blocking(move || {
+                f.read_exact_at(&mut piece, at)?;
+                #[cfg(feature = "fault-injection")]
+                if first_piece {
+                    fault::corrupt(&mut piece);
+                }
+                Ok::<_, std::io::Error>(piece)
+            })
+            .await
+            .map_err(|e| NetError::Connection(e.to_string()))?
+            .map_err(|e| NetError::Connection(format!("reading chunk {chunk}: {e}")))?;
+            self.upload_rate.acquire(want as u64).await;
+            send.write_chunk(piece.freeze())
                 .await
                 .map_err(|e| NetError::Connection(e.to_string()))?;
             at += want as u64;
