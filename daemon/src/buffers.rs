@@ -3,12 +3,15 @@
 //! shoald maps every allocation of 256 KiB or more by itself (the `mallopt` in
 //! `main.rs`, which keeps RSS low), so a fresh 1 MiB chunk buffer is a fresh mapping:
 //! 256 page faults on first touch and an `munmap` when dropped, for every chunk
-//! received and every piece streamed to a local client. Profiles of the emulated
+//! received or uploaded and every piece streamed to a local client. Profiles of the emulated
 //! benchmark put those faults and unmaps at a fifth of a receiving daemon's CPU
 //! (benches/RESULTS.md, sessions 14, 16 and 19). A pool hands the same few buffers
 //! round instead; a buffer frozen into [`Bytes`] comes back when its last clone drops.
+//! A pool that lent nothing for a while gives its idle buffers back to the system
+//! ([`release_idle`]), so an idle daemon does not sit on them.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 
@@ -22,22 +25,43 @@ struct Shared {
     free: Mutex<Vec<Vec<u8>>>,
     /// Capacity the free buffers may hold together; a buffer returned beyond it is freed.
     retain_bytes: usize,
+    /// Whether a buffer was lent since the last [`release_idle`].
+    lent: AtomicBool,
+}
+
+/// Every pool of the process, for [`release_idle`].
+static POOLS: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+
+/// Frees the idle buffers of every pool that lent none since the previous call; the
+/// daemon calls it periodically. Returns the bytes freed.
+pub(crate) fn release_idle() -> usize {
+    let pools: Vec<Arc<Shared>> = {
+        let mut all = POOLS.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|p| p.strong_count() > 0);
+        all.iter().filter_map(Weak::upgrade).collect()
+    };
+    pools.iter().map(|p| p.release_if_idle()).sum()
 }
 
 impl BufferPool {
     /// A pool that keeps at most `retain_bytes` of idle buffers.
     pub(crate) fn new(retain_bytes: usize) -> BufferPool {
-        BufferPool {
-            shared: Arc::new(Shared {
-                free: Mutex::new(Vec::new()),
-                retain_bytes,
-            }),
-        }
+        let shared = Arc::new(Shared {
+            free: Mutex::new(Vec::new()),
+            retain_bytes,
+            lent: AtomicBool::new(false),
+        });
+        POOLS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&shared));
+        BufferPool { shared }
     }
 
     /// A buffer of exactly `len` bytes. A reused buffer keeps its previous contents (it
     /// is zeroed only where it grows): callers overwrite all of it before reading.
     pub(crate) fn take(&self, len: usize) -> PooledBuf {
+        self.shared.lent.store(true, Ordering::Relaxed);
         let reused = {
             let mut free = self.shared.lock();
             free.iter()
@@ -61,6 +85,14 @@ impl BufferPool {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
         self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn release_if_idle(&self) -> usize {
+        if self.lent.swap(false, Ordering::Relaxed) {
+            return 0;
+        }
+        let released: Vec<Vec<u8>> = std::mem::take(&mut *self.lock());
+        released.iter().map(Vec::capacity).sum()
     }
 
     fn give_back(&self, buf: Vec<u8>) {
@@ -141,6 +173,22 @@ mod tests {
         assert_eq!(big.len(), 2000);
         assert!(big.iter().all(|&b| b == 0), "fresh memory is zeroed");
         assert_eq!(pool.idle_bytes(), 100);
+    }
+
+    #[test]
+    fn a_pool_releases_its_idle_buffers_only_after_a_period_without_lending() {
+        let pool = BufferPool::new(4 << 20);
+        drop(pool.take(1 << 20));
+        assert_eq!(
+            pool.shared.release_if_idle(),
+            0,
+            "it lent a buffer this period"
+        );
+        assert_eq!(pool.idle_bytes(), 1 << 20);
+        assert_eq!(pool.shared.release_if_idle(), 1 << 20);
+        assert_eq!(pool.idle_bytes(), 0);
+        drop(pool.take(1000));
+        assert_eq!(pool.shared.release_if_idle(), 0);
     }
 
     #[test]

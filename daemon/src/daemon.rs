@@ -292,8 +292,18 @@ impl Daemon {
         let mirror =
             axum::serve(self.listener, self.router).with_graceful_shutdown(until_stopped());
         let drops = watch_transfer_drops(self.transfer.clone(), self.metrics, until_stopped());
+        let buffers = release_idle_buffers(until_stopped());
         let serving = async {
-            tokio::try_join!(mirror, control_unix, control_tcp, ops, drain, drops).map(|_| ())
+            tokio::try_join!(
+                mirror,
+                control_unix,
+                control_tcp,
+                ops,
+                drain,
+                drops,
+                buffers
+            )
+            .map(|_| ())
         };
         // A client still reading a blob after the grace period is cut off.
         let deadline = async {
@@ -310,6 +320,30 @@ impl Daemon {
         let _ = std::fs::remove_file(&self.control_socket);
         result
     }
+}
+
+/// How long a buffer pool may go without lending before its idle buffers are freed.
+const BUFFER_IDLE_RELEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Frees the pooled chunk buffers (`crate::buffers`) of pools that went a
+/// [`BUFFER_IDLE_RELEASE`] period without use, until `stop`: up to 48 MiB that a
+/// daemon between pulls has no use for.
+async fn release_idle_buffers(stop: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+    let release = async {
+        let mut tick = tokio::time::interval(BUFFER_IDLE_RELEASE);
+        loop {
+            tick.tick().await;
+            let freed = crate::buffers::release_idle();
+            if freed > 0 {
+                tracing::debug!(freed, "released idle chunk buffers");
+            }
+        }
+    };
+    tokio::select! {
+        () = stop => {}
+        () = release => {}
+    }
+    Ok(())
 }
 
 /// How often the transfer socket's drop count is read into the metrics.
