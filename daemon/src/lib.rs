@@ -26,6 +26,8 @@
 //!   status, listings, pin, preheat (here and on peers), GC, import. Model-wide work
 //!   walks a reference through this node's own mirror (`control/walk.rs`).
 //! - [`config`], [`metrics`], [`daemon`]: flags/TOML/env, Prometheus, wiring.
+//! - `buffers` (crate-private): the pooled chunk and piece buffers the transfer, swarm
+//!   and mirror paths read into, so moving a chunk does not map fresh memory.
 #![deny(missing_docs)]
 
 mod buffers;
