@@ -16,12 +16,12 @@ pub const MAX_LINKED: usize = 32;
 /// idle timeout (8 s), which removes it from the interested set at once; the grace
 /// period is only for live peers that are slow to announce, and under a congested origin
 /// (tens of nodes sharing it) a chunk can take many seconds. 8 MiB of origin ranges
-/// per blob ([`origin_requests_alone`]) keep the origin link busy for a node downloading
+/// per blob (`origin_requests_alone`) keep the origin link busy for a node downloading
 /// alone; with others downloading too, one (`shared_origin_requests`) keeps chunks from
 /// all finishing late at once, which would delay passing them on to peers.
 ///
 /// `chunk_size` is the store's; a blob too large for one index frame has larger chunks
-/// (`ChunkLayout::for_blob`), and its download sets [`origin_requests_alone`] again.
+/// (`ChunkLayout::for_blob`), and its download sets `origin_requests_alone` again.
 pub fn scheduler_config(chunk_size: u32) -> scheduler::Config {
     scheduler::Config {
         assignment_grace: Duration::from_secs(30),

@@ -69,7 +69,7 @@ impl Scheduler {
     }
 
     /// This node and its linked peers that are downloading the blob and were heard from
-    /// within the grace: what it tells its peers ([`Event::Interested`]).
+    /// within the grace: what it tells its peers ([`Event::Interested`](super::Event::Interested)).
     pub fn linked_interested(&self, now: Duration) -> Vec<NodeId> {
         let grace = self.config.assignment_grace;
         let mut live: Vec<NodeId> = self

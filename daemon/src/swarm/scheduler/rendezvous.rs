@@ -69,7 +69,7 @@ impl Ownership {
     }
 }
 
-/// A blob's rendezvous salt for [`Scheduler::with_salt`]: the first 8 bytes of its
+/// A blob's rendezvous salt for [`Scheduler::with_salt`](super::Scheduler::with_salt): the first 8 bytes of its
 /// sha256, equal on every node.
 pub fn salt_of(digest: &Digest) -> u64 {
     let mut first = [0u8; 8];
