@@ -339,9 +339,17 @@ async fn release_idle_buffers(stop: impl std::future::Future<Output = ()>) -> st
             }
         }
     };
+    run_until(stop, release).await
+}
+
+/// Runs a periodic task (a loop that never ends) until `stop`.
+async fn run_until(
+    stop: impl std::future::Future<Output = ()>,
+    task: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
     tokio::select! {
         () = stop => {}
-        () = release => {}
+        () = task => {}
     }
     Ok(())
 }
@@ -388,11 +396,7 @@ async fn watch_transfer_drops(
             }
         }
     };
-    tokio::select! {
-        () = stop => {}
-        () = watch => {}
-    }
-    Ok(())
+    run_until(stop, watch).await
 }
 
 /// Binds the control socket, replacing a stale one a crashed daemon left, but never
