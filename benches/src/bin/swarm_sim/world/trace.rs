@@ -1,5 +1,6 @@
 //! `--trace`: one line of the swarm's state every so many simulated seconds.
 
+use shoal_daemon::swarm::scheduler::Scheduler;
 use shoal_proto::ChunkLayout;
 
 use super::network::{slot_of, Endpoint, Flow};
@@ -12,6 +13,8 @@ pub(super) struct LinkUsage {
     seed_up: Option<f64>,
     /// Share of the model's chunks the seed has sent at least once.
     seed_sent: Option<f64>,
+    /// Share of the model's chunks before the first one the seed has not sent, per layer.
+    seed_sent_prefix: Option<f64>,
     /// Uploads the seed began of chunks it had sent before.
     seed_repeats: Option<u32>,
     /// Mean over the downloading nodes.
@@ -47,6 +50,13 @@ impl LinkUsage {
                 let sent = served[s].iter().flatten().filter(|c| **c > 0).count();
                 sent as f64 / served[s].iter().map(Vec::len).sum::<usize>().max(1) as f64
             }),
+            seed_sent_prefix: seed_node.map(|s| {
+                let prefix: usize = served[s]
+                    .iter()
+                    .map(|layer| layer.iter().take_while(|c| **c > 0).count())
+                    .sum();
+                prefix as f64 / served[s].iter().map(Vec::len).sum::<usize>().max(1) as f64
+            }),
             seed_repeats: seed_node.map(|s| {
                 served[s]
                     .iter()
@@ -71,20 +81,10 @@ pub(super) fn trace_line(
 ) {
     let model: u64 = layouts.iter().map(|l| l.size).sum();
     let chunks: usize = layouts.iter().map(|l| l.count() as usize).sum();
-    let held: usize = nodes
-        .iter()
-        .map(|n| {
-            n.scheds
-                .iter()
-                .zip(&n.done)
-                .zip(layouts)
-                .map(|((s, done), l)| match s {
-                    Some(s) if !done => s.present() as usize,
-                    _ => l.count() as usize,
-                })
-                .sum::<usize>()
-        })
-        .sum();
+    let held = chunks_counted(nodes, layouts, Scheduler::present);
+    // What a local client can already stream: the chunks before each download's
+    // in-order cursor.
+    let in_order = chunks_counted(nodes, layouts, Scheduler::cursor);
     let origin_flows = flows.iter().filter(|f| f.src == Endpoint::Origin).count();
     let mut origin_receivers: Vec<usize> = flows
         .iter()
@@ -131,17 +131,19 @@ pub(super) fn trace_line(
         .map_or(String::new(), |u| format!("  seed up {:3.0}%", 100.0 * u));
     let seed_up = match usage.seed_sent {
         Some(sent) => format!(
-            "{seed_up} (sent {:5.1}% of chunks, {} repeats)",
+            "{seed_up} (sent {:5.1}% of chunks, {:5.1}% in order, {} repeats)",
             100.0 * sent,
+            100.0 * usage.seed_sent_prefix.unwrap_or(0.0),
             usage.seed_repeats.unwrap_or(0)
         ),
         None => seed_up,
     };
     eprintln!(
-        "t {t:7.1}  done {:4}/{}  held {:5.1}%  origin {:6.3}x  origin flows {:4} (to {:4} nodes)  peer flows {:5} + {:5} queued  idle nodes {:4}  uploading nodes {:4} (not uploading with chunks a link lacks: {:4})  use: origin {:3.0}%{seed_up}  nodes up {:3.0}% down {:3.0}%",
+        "t {t:7.1}  done {:4}/{}  held {:5.1}% (in order {:5.1}%)  origin {:6.3}x  origin flows {:4} (to {:4} nodes)  peer flows {:5} + {:5} queued  idle nodes {:4}  uploading nodes {:4} (not uploading with chunks a link lacks: {:4})  use: origin {:3.0}%{seed_up}  nodes up {:3.0}% down {:3.0}%",
         nodes.iter().filter(|n| n.finished_at.is_some()).count(),
         nodes.len(),
         100.0 * held as f64 / (chunks * nodes.len()).max(1) as f64,
+        100.0 * in_order as f64 / (chunks * nodes.len()).max(1) as f64,
         out.origin_bytes as f64 / model.max(1) as f64,
         origin_flows,
         origin_receivers.len(),
@@ -154,6 +156,29 @@ pub(super) fn trace_line(
         100.0 * usage.nodes_up,
         100.0 * usage.nodes_down,
     );
+}
+
+/// Chunks summed over every node's downloads: `count` of each running one, all of a
+/// finished one (or the seed's).
+fn chunks_counted(
+    nodes: &[Node],
+    layouts: &[ChunkLayout],
+    count: impl Fn(&Scheduler) -> u32,
+) -> usize {
+    nodes
+        .iter()
+        .map(|n| {
+            n.scheds
+                .iter()
+                .zip(&n.done)
+                .zip(layouts)
+                .map(|((s, done), l)| match s {
+                    Some(s) if !done => count(s) as usize,
+                    _ => l.count() as usize,
+                })
+                .sum::<usize>()
+        })
+        .sum()
 }
 
 /// Whether node `l` still needs a chunk that node `i` holds: an uploader with such a
