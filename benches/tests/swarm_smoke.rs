@@ -76,6 +76,31 @@ fn swarm_bench_smoke_run() {
         .and_then(|(_, n)| n.parse().ok())
         .unwrap_or_else(|| panic!("origin TCP column: {report}"));
     assert!(segments > 0, "no origin TCP segments counted: {report}");
+    // The machine's CPU, sampled while the pulls ran: "NN %".
+    let busy: f64 = cold
+        .split('|')
+        .nth(14)
+        .and_then(|c| c.trim().strip_suffix(" %"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("CPU busy column: {report}"));
+    assert!(busy > 0.0 && busy <= 100.0, "CPU busy {busy} %: {report}");
+    // Its timeline: a header naming every node, and rows in which the nodes received.
+    let timeline = std::fs::read_to_string(out.path().join("timeline-cold.csv")).unwrap();
+    let mut rows = timeline.lines();
+    assert_eq!(
+        rows.next(),
+        Some("t_s,cpu_busy,n0_down,n0_up,n0_local,n1_down,n1_up,n1_local,n2_down,n2_up,n2_local")
+    );
+    let downloaded: f64 = rows
+        .map(|r| {
+            r.split(',')
+                .skip(2)
+                .step_by(3)
+                .map(|v| v.parse::<f64>().unwrap())
+                .sum::<f64>()
+        })
+        .sum();
+    assert!(downloaded > 0.0, "no node received anything: {timeline}");
     let svg = std::fs::read_to_string(out.path().join("completion.svg")).unwrap();
     assert!(svg.contains("<circle"), "plot has points");
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();

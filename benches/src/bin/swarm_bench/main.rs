@@ -15,12 +15,14 @@
 //! Scenarios: `direct` (every node pulls from the origin, no shoal), `cold` (all nodes
 //! pull through their mirrors at once, nobody has the model), `warm` (one node has it,
 //! the others pull at once), `churn` (as cold, with every third node SIGKILLed mid-way
-//! and restarted). Results go to `--out` as `results.md` and `completion.svg`.
+//! and restarted). Results go to `--out` as `results.md`, `completion.svg`, and per
+//! scenario `timeline-<scenario>.csv` (the machine's CPU and every node's link, every 0.5 s).
 
 mod model;
 mod netns;
 mod report;
 mod scenario;
+mod timeline;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -22,6 +22,8 @@ pub struct ScenarioResult {
     pub cpu_secs: f64,
     /// The nodes' UDP datagrams received and dropped at full receive buffers.
     pub udp: UdpCounters,
+    /// Share of the machine's CPU busy while the pulls ran (`timeline.rs`).
+    pub cpu_busy: Option<f64>,
 }
 
 impl ScenarioResult {
@@ -36,7 +38,7 @@ impl ScenarioResult {
     }
 }
 
-const HEADER: &str = "| scenario | nodes | min s | median s | max s | T_limit s | max/T_limit | origin egress | egress/model | peak RSS (max) | daemon CPU s | UDP receive drops | origin TCP retransmitted |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+const HEADER: &str = "| scenario | nodes | min s | median s | max s | T_limit s | max/T_limit | origin egress | egress/model | peak RSS (max) | daemon CPU s | UDP receive drops | origin TCP retransmitted | machine CPU busy |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 /// One table row.
 pub fn row(r: &ScenarioResult) -> String {
@@ -65,8 +67,11 @@ pub fn row(r: &ScenarioResult) -> String {
         100.0 * r.origin_tcp.retransmitted as f64 / r.origin_tcp.sent.max(1) as f64,
         r.origin_tcp.sent
     );
+    let busy = r
+        .cpu_busy
+        .map_or_else(|| "—".to_owned(), |b| format!("{:.0} %", 100.0 * b));
     format!(
-        "| {} | {} | {min:.1} | {med:.1} | {:.1} | {:.1} | {:.2} | {:.0} MiB | {:.3} | {rss} | {cpu} | {drops} | {retransmitted} |",
+        "| {} | {} | {min:.1} | {med:.1} | {:.1} | {:.1} | {:.2} | {:.0} MiB | {:.3} | {rss} | {cpu} | {drops} | {retransmitted} | {busy} |",
         r.name,
         r.times.len(),
         r.max(),

@@ -8,6 +8,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::netns::{self, snmp_field, Host, Network, TcpSegments};
 use crate::report::{self, ScenarioResult};
+use crate::timeline::Sampler;
 
 /// Options of `swarm-bench run`.
 #[derive(clap::Args, Clone)]
@@ -30,7 +31,7 @@ pub struct RunArgs {
     /// Scenarios to run, in order.
     #[arg(long, value_delimiter = ',', default_value = "direct,cold,warm,churn")]
     pub scenarios: Vec<String>,
-    /// Output folder (results.md, completion.svg, logs/).
+    /// Output folder (results.md, completion.svg, timeline-<scenario>.csv, logs/).
     #[arg(long, default_value = "swarm-bench-out")]
     pub out: PathBuf,
     /// The shoald binary (default: next to this one).
@@ -427,17 +428,24 @@ impl Bench {
         let mirror = "http://127.0.0.1:5050";
         let mut daemons = Vec::new();
         let mut udp_before: Vec<UdpCounters> = Vec::new();
-        let (times, origin) = match name {
+        let (times, origin, timeline) = match name {
             "direct" => {
                 let before = self.origin_counters()?;
-                let times = Bench::collect(self.spawn_pulls(&all, &origin_base)?)?;
-                (times, self.origin_counters()?.since(before))
+                let pulls = self.spawn_pulls(&all, &origin_base)?;
+                let sampler = sample_nodes(&pulls, &daemons);
+                let times = Bench::collect(pulls)?;
+                (
+                    times,
+                    self.origin_counters()?.since(before),
+                    sampler.finish(),
+                )
             }
             "cold" | "churn" => {
                 daemons = self.start_daemons(name)?;
                 udp_before = daemons.iter().map(Daemon::udp_counters).collect();
                 let before = self.origin_counters()?;
                 let pulls = self.spawn_pulls(&all, mirror)?;
+                let sampler = sample_nodes(&pulls, &daemons);
                 if name == "churn" {
                     std::thread::sleep(Duration::from_secs_f64(self.t_limit() * 0.4));
                     let victims: Vec<usize> = all.iter().copied().filter(|i| i % 3 == 1).collect();
@@ -458,15 +466,25 @@ impl Bench {
                     }
                 }
                 let times = Bench::collect(pulls)?;
-                (times, self.origin_counters()?.since(before))
+                (
+                    times,
+                    self.origin_counters()?.since(before),
+                    sampler.finish(),
+                )
             }
             "warm" => {
                 daemons = self.start_daemons(name)?;
                 Bench::collect(self.spawn_pulls(&[0], mirror)?)?;
                 udp_before = daemons.iter().map(Daemon::udp_counters).collect();
                 let before = self.origin_counters()?;
-                let times = Bench::collect(self.spawn_pulls(&all[1..], mirror)?)?;
-                (times, self.origin_counters()?.since(before))
+                let pulls = self.spawn_pulls(&all[1..], mirror)?;
+                let sampler = sample_nodes(&pulls, &daemons);
+                let times = Bench::collect(pulls)?;
+                (
+                    times,
+                    self.origin_counters()?.since(before),
+                    sampler.finish(),
+                )
             }
             other => bail!("unknown scenario {other:?} (direct, cold, warm, churn)"),
         };
@@ -481,6 +499,10 @@ impl Bench {
             });
         drop(daemons);
         let _ = std::fs::remove_dir_all(self.work.path().join(name));
+        std::fs::write(
+            self.args.out.join(format!("timeline-{name}.csv")),
+            timeline.csv(self.rate),
+        )?;
         Ok(ScenarioResult {
             name: name.to_owned(),
             times: times.into_iter().map(|(_, t)| t).collect(),
@@ -491,6 +513,27 @@ impl Bench {
             peak_rss: usage.iter().map(|u| u.0).max().unwrap_or(0),
             cpu_secs: usage.iter().map(|u| u.1).sum(),
             udp,
+            cpu_busy: timeline.cpu_busy(),
         })
     }
+}
+
+/// Samples every node while `pulls` run, through its daemon's process (which serves
+/// peers after its own pull is done) or, without one (`direct`, or a churned daemon
+/// killed), its pull client's.
+fn sample_nodes(pulls: &[(usize, Child)], daemons: &[Daemon]) -> Sampler {
+    let nodes = pulls
+        .iter()
+        .map(|(i, _)| i + 1)
+        .chain([daemons.len()])
+        .max()
+        .unwrap_or(0);
+    let pids = (0..nodes)
+        .map(|i| {
+            let daemon = daemons.get(i).map(|d| d.child.id());
+            let pull = pulls.iter().find(|(n, _)| *n == i).map(|(_, c)| c.id());
+            daemon.into_iter().chain(pull).collect()
+        })
+        .collect();
+    Sampler::start(pids)
 }
