@@ -89,16 +89,16 @@ fn swarm_bench_smoke_run() {
     let mut rows = timeline.lines();
     assert_eq!(
         rows.next(),
-        Some("t_s,cpu_busy,n0_down,n0_up,n0_local,n1_down,n1_up,n1_local,n2_down,n2_up,n2_local")
+        Some("t_s,cpu_busy,origin_up,n0_down,n0_up,n0_local,n1_down,n1_up,n1_local,n2_down,n2_up,n2_local")
     );
+    let rows: Vec<Vec<f64>> = rows
+        .map(|r| r.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    let origin_sent: f64 = rows.iter().map(|r| r[2]).sum();
+    assert!(origin_sent > 0.0, "the origin sent nothing: {timeline}");
     let downloaded: f64 = rows
-        .map(|r| {
-            r.split(',')
-                .skip(2)
-                .step_by(3)
-                .map(|v| v.parse::<f64>().unwrap())
-                .sum::<f64>()
-        })
+        .iter()
+        .map(|r| r.iter().skip(3).step_by(3).sum::<f64>())
         .sum();
     assert!(downloaded > 0.0, "no node received anything: {timeline}");
     let svg = std::fs::read_to_string(out.path().join("completion.svg")).unwrap();

@@ -16,7 +16,8 @@
 //! pull through their mirrors at once, nobody has the model), `warm` (one node has it,
 //! the others pull at once), `churn` (as cold, with every third node SIGKILLed mid-way
 //! and restarted). Results go to `--out` as `results.md`, `completion.svg`, and per
-//! scenario `timeline-<scenario>.csv` (the machine's CPU and every node's link, every 0.5 s).
+//! scenario `timeline-<scenario>.csv` (the machine's CPU, the origin's link and every
+//! node's, every 0.5 s).
 
 mod model;
 mod netns;

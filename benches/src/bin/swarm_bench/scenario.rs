@@ -178,6 +178,8 @@ struct Bench {
     work: tempfile::TempDir,
     model_bytes: u64,
     rate: f64,
+    /// docker-registry's process, through which the timeline reads the origin's link.
+    origin_pid: u32,
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -213,6 +215,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         work,
         model_bytes,
         rate,
+        origin_pid: registry.0.id(),
     };
     let mut results = Vec::new();
     for name in &args.scenarios {
@@ -432,7 +435,7 @@ impl Bench {
             "direct" => {
                 let before = self.origin_counters()?;
                 let pulls = self.spawn_pulls(&all, &origin_base)?;
-                let sampler = sample_nodes(&pulls, &daemons);
+                let sampler = sample_nodes(self.origin_pid, &pulls, &daemons);
                 let times = Bench::collect(pulls)?;
                 (
                     times,
@@ -445,7 +448,7 @@ impl Bench {
                 udp_before = daemons.iter().map(Daemon::udp_counters).collect();
                 let before = self.origin_counters()?;
                 let pulls = self.spawn_pulls(&all, mirror)?;
-                let sampler = sample_nodes(&pulls, &daemons);
+                let sampler = sample_nodes(self.origin_pid, &pulls, &daemons);
                 if name == "churn" {
                     std::thread::sleep(Duration::from_secs_f64(self.t_limit() * 0.4));
                     let victims: Vec<usize> = all.iter().copied().filter(|i| i % 3 == 1).collect();
@@ -478,7 +481,7 @@ impl Bench {
                 udp_before = daemons.iter().map(Daemon::udp_counters).collect();
                 let before = self.origin_counters()?;
                 let pulls = self.spawn_pulls(&all[1..], mirror)?;
-                let sampler = sample_nodes(&pulls, &daemons);
+                let sampler = sample_nodes(self.origin_pid, &pulls, &daemons);
                 let times = Bench::collect(pulls)?;
                 (
                     times,
@@ -521,7 +524,7 @@ impl Bench {
 /// Samples every node while `pulls` run, through its daemon's process (which serves
 /// peers after its own pull is done) or, without one (`direct`, or a churned daemon
 /// killed), its pull client's.
-fn sample_nodes(pulls: &[(usize, Child)], daemons: &[Daemon]) -> Sampler {
+fn sample_nodes(origin_pid: u32, pulls: &[(usize, Child)], daemons: &[Daemon]) -> Sampler {
     let nodes = pulls
         .iter()
         .map(|(i, _)| i + 1)
@@ -535,5 +538,5 @@ fn sample_nodes(pulls: &[(usize, Child)], daemons: &[Daemon]) -> Sampler {
             daemon.into_iter().chain(pull).collect()
         })
         .collect();
-    Sampler::start(pids)
+    Sampler::start(origin_pid, pids)
 }

@@ -1,7 +1,7 @@
-//! What the machine and every node's link did while a scenario's pulls ran, sampled
-//! every half second: the share of the machine's CPU that was busy, and each node's
-//! bytes down and up its link and over its loopback (the local client reading from the
-//! mirror). Written as `timeline-<scenario>.csv`; the report's "CPU busy" column is its
+//! What the machine and every link did while a scenario's pulls ran, sampled every half
+//! second: the share of the machine's CPU that was busy, the origin's bytes up its link,
+//! and each node's bytes down and up its link and over its loopback (the local client
+//! reading from the mirror). Written as `timeline-<scenario>.csv`; the report's "CPU busy" column is its
 //! mean. On a machine this benchmark saturates, that column says so in every run.
 
 use std::fmt::Write as _;
@@ -34,7 +34,8 @@ pub struct NodeBytes {
 struct Sample {
     at: Duration,
     cpu: CpuTicks,
-    nodes: Vec<NodeBytes>,
+    /// The origin first, then the nodes in order.
+    hosts: Vec<NodeBytes>,
 }
 
 /// A running sampler; [`Sampler::finish`] stops it.
@@ -44,32 +45,34 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Samples until finished. `pids` holds, per node in order, processes in that
-    /// node's namespace, read through the first one still running (a namespace's
-    /// counters are reachable only through a live process). When none is, the node's
-    /// last counters stand, so it shows no traffic rather than a drop to zero.
-    pub fn start(pids: Vec<Vec<u32>>) -> Sampler {
+    /// Samples until finished. `origin` is a process in the origin's namespace (the
+    /// registry); `nodes` holds, per node in order, processes in that node's namespace,
+    /// read through the first one still running (a namespace's counters are reachable
+    /// only through a live process). When none is, the host's last counters stand, so
+    /// it shows no traffic rather than a drop to zero.
+    pub fn start(origin: u32, nodes: Vec<Vec<u32>>) -> Sampler {
+        let pids: Vec<Vec<u32>> = std::iter::once(vec![origin]).chain(nodes).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let started = Instant::now();
             let mut samples: Vec<Sample> = Vec::new();
             loop {
-                let nodes = pids
+                let hosts = pids
                     .iter()
                     .enumerate()
                     .map(|(i, candidates)| {
                         candidates
                             .iter()
                             .find_map(|&p| read_node(p))
-                            .or_else(|| samples.last().map(|s| s.nodes[i]))
+                            .or_else(|| samples.last().map(|s| s.hosts[i]))
                             .unwrap_or_default()
                     })
                     .collect();
                 samples.push(Sample {
                     at: started.elapsed(),
                     cpu: read_cpu(),
-                    nodes,
+                    hosts,
                 });
                 if flag.load(Ordering::Relaxed) {
                     return samples;
@@ -102,12 +105,15 @@ impl Timeline {
         (total > 0).then(|| last.cpu.busy.saturating_sub(first.cpu.busy) as f64 / total as f64)
     }
 
-    /// One row per interval: its start, the CPU busy share, and per node the rates
-    /// down, up and to the local client, as shares of `link_rate` bytes per second
-    /// (the local rate can exceed 1).
+    /// One row per interval: its start, the CPU busy share, the origin's rate up, and
+    /// per node the rates down, up and to the local client, all as shares of
+    /// `link_rate` bytes per second (the local rate can exceed 1).
     pub fn csv(&self, link_rate: f64) -> String {
-        let nodes = self.samples.first().map_or(0, |s| s.nodes.len());
-        let mut out = String::from("t_s,cpu_busy");
+        let nodes = self
+            .samples
+            .first()
+            .map_or(0, |s| s.hosts.len().saturating_sub(1));
+        let mut out = String::from("t_s,cpu_busy,origin_up");
         for i in 0..nodes {
             let _ = write!(out, ",n{i}_down,n{i}_up,n{i}_local");
         }
@@ -117,9 +123,13 @@ impl Timeline {
             let secs = (b.at - a.at).as_secs_f64().max(1e-3);
             let ticks = b.cpu.total.saturating_sub(a.cpu.total).max(1);
             let busy = b.cpu.busy.saturating_sub(a.cpu.busy) as f64 / ticks as f64;
-            let _ = write!(out, "{:.2},{busy:.2}", a.at.as_secs_f64());
             let share = |from: u64, to: u64| to.saturating_sub(from) as f64 / secs / link_rate;
-            for (x, y) in a.nodes.iter().zip(&b.nodes) {
+            let origin = match (a.hosts.first(), b.hosts.first()) {
+                (Some(x), Some(y)) => share(x.up, y.up),
+                _ => 0.0,
+            };
+            let _ = write!(out, "{:.2},{busy:.2},{origin:.2}", a.at.as_secs_f64());
+            for (x, y) in a.hosts.iter().zip(&b.hosts).skip(1) {
                 let _ = write!(
                     out,
                     ",{:.2},{:.2},{:.2}",
@@ -234,18 +244,24 @@ mod tests {
                 busy,
                 total: secs * 200,
             },
-            nodes: vec![NodeBytes {
-                down,
-                up: 0,
-                local: 2 * down,
-            }],
+            hosts: vec![
+                NodeBytes {
+                    up: down / 2,
+                    ..NodeBytes::default()
+                },
+                NodeBytes {
+                    down,
+                    up: 0,
+                    local: 2 * down,
+                },
+            ],
         };
         let timeline = Timeline {
             samples: vec![sample(0, 0, 0), sample(1, 150, 500), sample(2, 350, 1000)],
         };
         assert_eq!(
             timeline.csv(1000.0),
-            "t_s,cpu_busy,n0_down,n0_up,n0_local\n0.00,0.75,0.50,0.00,1.00\n1.00,1.00,0.50,0.00,1.00\n"
+            "t_s,cpu_busy,origin_up,n0_down,n0_up,n0_local\n0.00,0.75,0.25,0.50,0.00,1.00\n1.00,1.00,0.25,0.50,0.00,1.00\n"
         );
         assert_eq!(timeline.cpu_busy(), Some(350.0 / 400.0));
         assert_eq!(Timeline { samples: vec![] }.cpu_busy(), None);
