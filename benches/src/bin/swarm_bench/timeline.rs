@@ -20,12 +20,12 @@ pub struct CpuTicks {
     pub total: u64,
 }
 
-/// Cumulative bytes of one node's interfaces, from its namespace's `/proc/net/dev`.
+/// Cumulative bytes of one host's interfaces, from its namespace's `/proc/net/dev`.
 #[derive(Clone, Copy, Default, Debug, PartialEq)]
-pub struct NodeBytes {
-    /// Received on `eth0`: the node's download.
+pub struct HostBytes {
+    /// Received on `eth0`: a node's download.
     pub down: u64,
-    /// Sent on `eth0`: the node's upload.
+    /// Sent on `eth0`: a node's upload, the origin's egress.
     pub up: u64,
     /// Sent on `lo`: between the local client and the mirror.
     pub local: u64,
@@ -35,7 +35,7 @@ struct Sample {
     at: Duration,
     cpu: CpuTicks,
     /// The origin first, then the nodes in order.
-    hosts: Vec<NodeBytes>,
+    hosts: Vec<HostBytes>,
 }
 
 /// A running sampler; [`Sampler::finish`] stops it.
@@ -64,7 +64,7 @@ impl Sampler {
                     .map(|(i, candidates)| {
                         candidates
                             .iter()
-                            .find_map(|&p| read_node(p))
+                            .find_map(|&p| read_host(p))
                             .or_else(|| samples.last().map(|s| s.hosts[i]))
                             .unwrap_or_default()
                     })
@@ -83,7 +83,7 @@ impl Sampler {
         Sampler { stop, thread }
     }
 
-    /// Takes a last sample and returns the timeline.
+    /// Stops after one more sample (within an interval) and returns the timeline.
     pub fn finish(self) -> Timeline {
         self.stop.store(true, Ordering::Relaxed);
         Timeline {
@@ -170,15 +170,15 @@ pub fn parse_cpu(stat: &str) -> Option<CpuTicks> {
 }
 
 /// `None` once the process has exited.
-fn read_node(pid: u32) -> Option<NodeBytes> {
+fn read_host(pid: u32) -> Option<HostBytes> {
     std::fs::read_to_string(format!("/proc/{pid}/net/dev"))
         .ok()
         .map(|s| parse_net_dev(&s))
 }
 
 /// `eth0`'s received and sent bytes and `lo`'s sent bytes from `/proc/net/dev`.
-pub fn parse_net_dev(dev: &str) -> NodeBytes {
-    let mut bytes = NodeBytes::default();
+pub fn parse_net_dev(dev: &str) -> HostBytes {
+    let mut bytes = HostBytes::default();
     for line in dev.lines() {
         let Some((name, fields)) = line.split_once(':') else {
             continue;
@@ -214,13 +214,13 @@ mod tests {
     fn net_dev_gives_the_node_link_and_loopback() {
         assert_eq!(
             parse_net_dev(NET_DEV),
-            NodeBytes {
+            HostBytes {
                 down: 123456,
                 up: 654321,
                 local: 5000
             }
         );
-        assert_eq!(parse_net_dev("garbage"), NodeBytes::default());
+        assert_eq!(parse_net_dev("garbage"), HostBytes::default());
     }
 
     #[test]
@@ -245,11 +245,11 @@ mod tests {
                 total: secs * 200,
             },
             hosts: vec![
-                NodeBytes {
+                HostBytes {
                     up: down / 2,
-                    ..NodeBytes::default()
+                    ..HostBytes::default()
                 },
-                NodeBytes {
+                HostBytes {
                     down,
                     up: 0,
                     local: 2 * down,
