@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::netns::{self, snmp_field, Host, Network, TcpSegments};
 use crate::report::{self, ScenarioResult};
-use crate::timeline::Sampler;
+use crate::timeline::{Sampler, Timeline};
 
 /// Options of `swarm-bench run`.
 #[derive(clap::Args, Clone)]
@@ -154,6 +154,21 @@ impl UdpCounters {
             dropped: self.dropped.saturating_sub(before.dropped),
         }
     }
+}
+
+/// Pulls running in a scenario's timed part, and what is measured over it.
+struct TimedPulls {
+    pulls: Vec<(usize, Child)>,
+    origin_before: OriginCounters,
+    sampler: Sampler,
+}
+
+/// What a scenario's timed part measured: each pulling node's completion seconds, what
+/// the origin sent, and the timeline.
+struct TimedResult {
+    times: Vec<(usize, f64)>,
+    origin: OriginCounters,
+    timeline: Timeline,
 }
 
 /// The origin's counters, or their change over a scenario's timed part.
@@ -425,30 +440,64 @@ impl Bench {
         })
     }
 
+    /// Starts the timed part: pulls on the `which` nodes from `base`, with the origin's
+    /// counters read just before and the timeline sampled from then on.
+    fn start_timed(&self, which: &[usize], base: &str, daemons: &[Daemon]) -> Result<TimedPulls> {
+        let origin_before = self.origin_counters()?;
+        let pulls = self.spawn_pulls(which, base)?;
+        let sampler = self.sample_nodes(&pulls, daemons);
+        Ok(TimedPulls {
+            pulls,
+            origin_before,
+            sampler,
+        })
+    }
+
+    /// Waits for the timed pulls; their times, what the origin sent meanwhile, and the
+    /// timeline. The sampler stops even when a pull failed.
+    fn finish_timed(&self, timed: TimedPulls) -> Result<TimedResult> {
+        let times = Bench::collect(timed.pulls);
+        let timeline = timed.sampler.finish();
+        Ok(TimedResult {
+            times: times?,
+            origin: self.origin_counters()?.since(timed.origin_before),
+            timeline,
+        })
+    }
+
+    /// Samples every node while `pulls` run, through its daemon's process (which serves
+    /// peers after its own pull is done) or, without one (`direct`, or a churned daemon
+    /// killed), its pull client's.
+    fn sample_nodes(&self, pulls: &[(usize, Child)], daemons: &[Daemon]) -> Sampler {
+        let pids = (0..self.net.nodes.len())
+            .map(|i| {
+                let daemon = daemons.get(i).map(|d| d.child.id());
+                let pull = pulls.iter().find(|(n, _)| *n == i).map(|(_, c)| c.id());
+                daemon.into_iter().chain(pull).collect()
+            })
+            .collect();
+        Sampler::start(self.origin_pid, pids)
+    }
+
     async fn scenario(&mut self, name: &str) -> Result<ScenarioResult> {
         let all: Vec<usize> = (0..self.net.nodes.len()).collect();
         let origin_base = format!("http://{}:5000", self.net.origin.ip);
         let mirror = "http://127.0.0.1:5050";
         let mut daemons = Vec::new();
         let mut udp_before: Vec<UdpCounters> = Vec::new();
-        let (times, origin, timeline) = match name {
+        let TimedResult {
+            times,
+            origin,
+            timeline,
+        } = match name {
             "direct" => {
-                let before = self.origin_counters()?;
-                let pulls = self.spawn_pulls(&all, &origin_base)?;
-                let sampler = sample_nodes(self.origin_pid, &pulls, &daemons);
-                let times = Bench::collect(pulls)?;
-                (
-                    times,
-                    self.origin_counters()?.since(before),
-                    sampler.finish(),
-                )
+                let timed = self.start_timed(&all, &origin_base, &daemons)?;
+                self.finish_timed(timed)?
             }
             "cold" | "churn" => {
                 daemons = self.start_daemons(name)?;
                 udp_before = daemons.iter().map(Daemon::udp_counters).collect();
-                let before = self.origin_counters()?;
-                let pulls = self.spawn_pulls(&all, mirror)?;
-                let sampler = sample_nodes(self.origin_pid, &pulls, &daemons);
+                let timed = self.start_timed(&all, mirror, &daemons)?;
                 if name == "churn" {
                     std::thread::sleep(Duration::from_secs_f64(self.t_limit() * 0.4));
                     let victims: Vec<usize> = all.iter().copied().filter(|i| i % 3 == 1).collect();
@@ -468,26 +517,14 @@ impl Bench {
                         )?;
                     }
                 }
-                let times = Bench::collect(pulls)?;
-                (
-                    times,
-                    self.origin_counters()?.since(before),
-                    sampler.finish(),
-                )
+                self.finish_timed(timed)?
             }
             "warm" => {
                 daemons = self.start_daemons(name)?;
                 Bench::collect(self.spawn_pulls(&[0], mirror)?)?;
                 udp_before = daemons.iter().map(Daemon::udp_counters).collect();
-                let before = self.origin_counters()?;
-                let pulls = self.spawn_pulls(&all[1..], mirror)?;
-                let sampler = sample_nodes(self.origin_pid, &pulls, &daemons);
-                let times = Bench::collect(pulls)?;
-                (
-                    times,
-                    self.origin_counters()?.since(before),
-                    sampler.finish(),
-                )
+                let timed = self.start_timed(&all[1..], mirror, &daemons)?;
+                self.finish_timed(timed)?
             }
             other => bail!("unknown scenario {other:?} (direct, cold, warm, churn)"),
         };
@@ -519,24 +556,4 @@ impl Bench {
             cpu_busy: timeline.cpu_busy(),
         })
     }
-}
-
-/// Samples every node while `pulls` run, through its daemon's process (which serves
-/// peers after its own pull is done) or, without one (`direct`, or a churned daemon
-/// killed), its pull client's.
-fn sample_nodes(origin_pid: u32, pulls: &[(usize, Child)], daemons: &[Daemon]) -> Sampler {
-    let nodes = pulls
-        .iter()
-        .map(|(i, _)| i + 1)
-        .chain([daemons.len()])
-        .max()
-        .unwrap_or(0);
-    let pids = (0..nodes)
-        .map(|i| {
-            let daemon = daemons.get(i).map(|d| d.child.id());
-            let pull = pulls.iter().find(|(n, _)| *n == i).map(|(_, c)| c.id());
-            daemon.into_iter().chain(pull).collect()
-        })
-        .collect();
-    Sampler::start(origin_pid, pids)
 }
