@@ -182,6 +182,17 @@ pub struct Config {
     #[arg(long, env = "SHOAL_MAX_DOWNLOAD_RATE", value_name = "SIZE", default_value = "0", value_parser = parse_size)]
     pub max_download_rate: u64,
 
+    /// Async worker threads (`0`: one per CPU core). Hashing and file I/O run on separate
+    /// blocking threads either way. On a node with few cores and slow links, 1 spends less
+    /// CPU on waking threads for the same transfer (benches/RESULTS.md, session 21).
+    #[arg(
+        long,
+        env = "SHOAL_WORKER_THREADS",
+        value_name = "N",
+        default_value = "0"
+    )]
+    pub worker_threads: usize,
+
     /// Retries of a failed upstream request (with exponential backoff) before giving up.
     #[arg(
         long,
@@ -364,6 +375,15 @@ mod tests {
     fn the_default_chunk_size_is_the_protocol_default() {
         let c = Config::load_from(["shoald"]).unwrap();
         assert_eq!(c.chunk_size, u64::from(shoal_proto::DEFAULT_CHUNK_SIZE));
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_core_and_take_a_count() {
+        assert_eq!(Config::load_from(["shoald"]).unwrap().worker_threads, 0);
+        let c = Config::load_from(["shoald", "--worker-threads", "1"]).unwrap();
+        assert_eq!(c.worker_threads, 1);
+        let err = Config::load_from(["shoald", "--worker-threads", "some"]).unwrap_err();
+        assert!(err.to_string().contains("--worker-threads"), "{err}");
     }
 
     #[test]

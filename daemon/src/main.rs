@@ -40,8 +40,10 @@ fn return_big_buffers_to_the_os() {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a terminal: journald, `kubectl logs` and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -50,10 +52,16 @@ fn init_logging(format: LogFormat) {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads);
+    }
+    let runtime = builder.build().context("starting the async runtime")?;
     runtime.block_on(async {
         let daemon = Daemon::start(&config).await?;
-        tracing::info!(mirror = %daemon.mirror_addr, peer_id = %daemon.peer_id, data_dir = %config.data_dir.display(), "shoald listening");
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        tracing::info!(mirror = %daemon.mirror_addr, peer_id = %daemon.peer_id, data_dir = %config.data_dir.display(), workers, "shoald listening");
         daemon.serve(shutdown_signal()).await.context("serving the mirror")?;
         tracing::info!("shoald stopped");
         Ok(())

@@ -35,6 +35,7 @@ fn help_documents_every_option_with_defaults() {
         "--shutdown-grace",
         "--control-socket",
         "--control-addr",
+        "--worker-threads",
     ] {
         assert!(help.contains(opt), "--help lacks {opt}");
     }

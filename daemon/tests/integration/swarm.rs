@@ -100,8 +100,18 @@ async fn three_nodes_two_pull_at_once_from_the_third() {
     Pusher::new(&swarm.registry.host(), None)
         .artifact("models/three", "v1", &model)
         .await;
-    for _ in 0..3 {
-        swarm.add_node(None, &[]).await;
+    // The serving node and one of the pullers run a single async worker: one thread
+    // serves two peers at once and downloads, with hashing and I/O on blocking threads.
+    for worker_threads in ["1", "1", "0"] {
+        swarm
+            .add_node(None, &["--worker-threads", worker_threads])
+            .await;
+    }
+    for (n, workers) in [(0, "workers=1"), (1, "workers=1")] {
+        let logs = swarm.nodes[n].shoald.logs();
+        assert!(logs.contains(workers), "node {n}: {logs}");
+        // Its log is a file, not a terminal: no colour codes in it.
+        assert!(!logs.contains('\u{1b}'), "node {n}: {logs:?}");
     }
     swarm.wait_peers(1, 1).await;
     swarm.wait_peers(2, 1).await;
