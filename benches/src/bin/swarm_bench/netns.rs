@@ -73,16 +73,19 @@ impl TcpSegments {
 
 impl Network {
     /// Builds the origin and `nodes` node hosts with links of `rate` (a tc rate, e.g.
-    /// `200mbit`).
-    pub fn build(nodes: usize, rate: &str) -> Result<Network> {
+    /// `200mbit`) and `mtu`.
+    pub fn build(nodes: usize, rate: &str, mtu: u32) -> Result<Network> {
         cleanup();
+        let mtu = mtu.to_string();
         ip(&["netns", "add", CORE])?;
-        ip(&["-n", CORE, "link", "add", "br0", "type", "bridge"])?;
+        ip(&[
+            "-n", CORE, "link", "add", "br0", "mtu", &mtu, "type", "bridge",
+        ])?;
         ip(&["-n", CORE, "link", "set", "br0", "up"])?;
-        let origin = Network::add_host("shb-origin", 1, rate)?;
+        let origin = Network::add_host("shb-origin", 1, rate, &mtu)?;
         let mut hosts = Vec::new();
         for i in 0..nodes {
-            hosts.push(Network::add_host(&format!("shb-n{i}"), 10 + i, rate)?);
+            hosts.push(Network::add_host(&format!("shb-n{i}"), 10 + i, rate, &mtu)?);
         }
         Ok(Network {
             origin,
@@ -90,13 +93,14 @@ impl Network {
         })
     }
 
-    fn add_host(ns: &str, octet: usize, rate: &str) -> Result<Host> {
+    fn add_host(ns: &str, octet: usize, rate: &str, mtu: &str) -> Result<Host> {
         let host_if = format!("h{octet}");
         let core_if = format!("c{octet}");
         let addr = format!("{SUBNET}.{octet}");
         ip(&["netns", "add", ns])?;
         ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &core_if,
+            "link", "add", &host_if, "mtu", mtu, "type", "veth", "peer", "name", &core_if, "mtu",
+            mtu,
         ])?;
         ip(&["link", "set", &host_if, "netns", ns])?;
         ip(&["link", "set", &core_if, "netns", CORE])?;

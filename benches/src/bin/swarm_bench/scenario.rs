@@ -19,6 +19,9 @@ pub struct RunArgs {
     /// Link rate of every host, origin included (tc syntax).
     #[arg(long, default_value = "200mbit")]
     pub rate: String,
+    /// MTU of every link (9000 for a jumbo-frame network).
+    #[arg(long, default_value = "1500", value_parser = clap::value_parser!(u32).range(1280..=65535))]
+    pub mtu: u32,
     /// Total size of the weight layers.
     #[arg(long, default_value = "512MiB", value_parser = shoal_daemon::config::parse_size)]
     pub size: u64,
@@ -213,7 +216,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     let rate = netns::rate_bytes_per_sec(&args.rate)?;
     std::fs::create_dir_all(args.out.join("logs"))?;
-    let net = Network::build(args.nodes, &args.rate)
+    let net = Network::build(args.nodes, &args.rate, args.mtu)
         .context("building the emulated network (root needed)")?;
     let work = match &args.store_dir {
         Some(dir) => tempfile::tempdir_in(dir)
