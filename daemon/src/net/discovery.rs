@@ -115,6 +115,7 @@ enum Command {
     StopProviding(Digest),
     FindProviders(Digest, oneshot::Sender<Vec<Provider>>),
     Peers(oneshot::Sender<Vec<Provider>>),
+    Members(oneshot::Sender<Vec<PeerId>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
 }
 
@@ -233,6 +234,12 @@ impl Discovery {
     /// Connected peers whose transfer address is known.
     pub async fn peers(&self) -> Vec<Provider> {
         self.ask(Command::Peers).await
+    }
+
+    /// Every other node this one knows of: its routing table and its connected peers.
+    /// In a small cluster that is the whole cluster; in a large one, a part of it.
+    pub async fn members(&self) -> Vec<PeerId> {
+        self.ask(Command::Members).await
     }
 
     /// Addresses the libp2p socket listens on (with `/p2p/<id>`), for bootstrap lists.
@@ -408,6 +415,22 @@ impl Task {
                     .filter_map(|p| self.provider(p))
                     .collect();
                 let _ = reply.send(peers);
+            }
+            Command::Members(reply) => {
+                let mut members: HashSet<PeerId> = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .kbuckets()
+                    .flat_map(|bucket| {
+                        bucket
+                            .iter()
+                            .map(|entry| *entry.node.key.preimage())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                members.extend(self.swarm.connected_peers().copied());
+                let _ = reply.send(members.into_iter().collect());
             }
             Command::ListenAddrs(reply) => {
                 let me = *self.swarm.local_peer_id();

@@ -38,9 +38,11 @@ use crate::upstream::Target;
 
 mod linking;
 
-/// How long nodes of a cold start wait to see each other before using the origin
-/// (provider records and interest links travel in milliseconds on a LAN).
+/// How long nodes of a cold start wait at most to see each other before using the
+/// origin (provider records and interest links travel in milliseconds on a LAN).
 const SETTLE: Duration = Duration::from_millis(500);
+/// How often the settle looks again; it ends once every known node is linked.
+const SETTLE_POLL: Duration = Duration::from_millis(50);
 /// Blobs this small are not worth a settle delay: N copies from the origin cost less.
 const SETTLE_MIN_SIZE: u64 = 1 << 20;
 /// How often providers are looked up again during a download (new nodes, and nodes
@@ -158,9 +160,8 @@ impl Run {
             && layout.size >= SETTLE_MIN_SIZE
             && !self.swarm.discovery.peers().await.is_empty()
         {
-            tokio::time::sleep(SETTLE).await;
-            let known = linked.iter().map(|(c, _)| c.remote).collect();
-            linked.extend(self.link_new(known).await);
+            let members = self.swarm.discovery.members().await;
+            self.settle(&mut linked, &members).await;
         }
         while let Ok(link) = self.inbound.try_recv() {
             if let Some(l) = links::dial_back(&self.swarm.transfer, link).await {

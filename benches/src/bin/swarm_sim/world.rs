@@ -6,9 +6,10 @@
 //! it is requested and gets, each step, the smaller of its sender's and its receiver's
 //! equal share (no redistribution of unused share, so rates are slightly pessimistic).
 //! Announcements and arrivals reach the other side one `latency` later. What the daemon's
-//! driver and the transfer endpoint add around the scheduler is modelled too: the 500 ms
-//! settle before a download starts, links to at most `links` random providers per node
-//! (incoming links accepted, as in the driver), the node-wide cap of `peer_cap` peer
+//! driver and the transfer endpoint add around the scheduler is modelled too: the time
+//! to find and link providers and the cold start's settle before a download starts,
+//! links to at most `links` random providers per node (incoming links accepted, as in
+//! the driver), the node-wide cap of `peer_cap` peer
 //! requests in flight (excess requests wait) and each download's share of it (the
 //! driver's `peer_requests_per_download`), `upload_slots` uploads per node with
 //! requests refused (Busy) after waiting a little more than the interval at which the
@@ -69,6 +70,7 @@ pub struct Params {
     /// requesters running or waiting there (the daemon's rule since session 17).
     pub requester_share: bool,
     pub step: Duration,
+    /// When every node gets its first view (see `startup` in `main.rs`).
     pub settle: Duration,
     pub seed: u64,
     pub config: Config,

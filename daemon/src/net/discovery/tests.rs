@@ -73,6 +73,16 @@ fn options(listen: &str, bootstrap: Vec<Bootstrap>) -> DiscoveryOptions {
     }
 }
 
+/// A discovery node on loopback at `listen`, with a fresh identity.
+async fn start(listen: SocketAddr, bootstrap: Vec<Bootstrap>) -> Arc<Discovery> {
+    Discovery::start(
+        Keypair::generate_ed25519(),
+        options(&listen.to_string(), bootstrap),
+    )
+    .await
+    .unwrap()
+}
+
 fn free_udp(ip: &str) -> SocketAddr {
     std::net::UdpSocket::bind((ip, 0))
         .and_then(|s| s.local_addr())
@@ -94,22 +104,12 @@ async fn wait_for(mut check: impl AsyncFnMut() -> bool) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_bootstrap_and_provider_lookup_between_two_nodes() {
     let a_addr = free_udp("127.0.0.1");
-    let a = Discovery::start(
-        Keypair::generate_ed25519(),
-        options(&a_addr.to_string(), vec![]),
-    )
-    .await
-    .unwrap();
+    let a = start(a_addr, vec![]).await;
     let dns = Bootstrap::Dns {
         name: "localhost".into(),
         port: a_addr.port(),
     };
-    let b = Discovery::start(
-        Keypair::generate_ed25519(),
-        options(&free_udp("127.0.0.1").to_string(), vec![dns]),
-    )
-    .await
-    .unwrap();
+    let b = start(free_udp("127.0.0.1"), vec![dns]).await;
     assert!(
         wait_for(async || b.peers().await.iter().any(|p| p.peer == a.local_peer)).await,
         "b found a through dns:localhost"
@@ -146,4 +146,30 @@ async fn mdns_finds_a_node_without_bootstrap() {
         wait_for(async || b.peers().await.iter().any(|p| p.peer == a.local_peer)).await,
         "b found a by mDNS"
     );
+}
+
+/// `members()` is every other node this one knows of, never itself: a cold start's
+/// settle ends early once each of them is linked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_the_other_nodes() {
+    let a_addr = free_udp("127.0.0.1");
+    let a = start(a_addr, vec![]).await;
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        others.push(start(free_udp("127.0.0.1"), vec![Bootstrap::Socket(a_addr)]).await);
+    }
+    let expected: HashSet<PeerId> = others.iter().map(|n| n.local_peer).collect();
+    assert!(
+        wait_for(async || a.members().await.into_iter().collect::<HashSet<_>>() == expected).await,
+        "a's members are b and c, got {:?}",
+        a.members().await
+    );
+    for node in &others {
+        let members = node.members().await;
+        assert!(members.contains(&a.local_peer), "{members:?} lacks a");
+        assert!(
+            !members.contains(&node.local_peer),
+            "{members:?} has itself"
+        );
+    }
 }

@@ -4,15 +4,27 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use libp2p_identity::PeerId;
 use shoal_proto::wire::Message;
 use shoal_proto::ChunkLayout;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::super::links::{self, LinkUpdate};
 use super::super::scheduler::{Event, NodeId};
 use super::super::tuning::MAX_LINKED;
-use super::{Input, Peer, Run};
+use super::{Input, Peer, Run, SETTLE, SETTLE_POLL};
 use crate::net::transfer::{PeerConnection, PeerLink};
+
+/// A link with the connection it runs on.
+pub(super) type Linked = (Arc<PeerConnection>, PeerLink);
+
+/// Whether every one of `members` is among the remotes of `linked`.
+fn all_linked(members: &[PeerId], linked: &[Linked]) -> bool {
+    members
+        .iter()
+        .all(|m| linked.iter().any(|(conn, _)| conn.remote == *m))
+}
 
 impl Run {
     /// Tells every link this node's linked downloaders when they changed, so each peer
@@ -35,11 +47,37 @@ impl Run {
         }
     }
 
+    /// With nobody holding the blob yet, waits up to [`SETTLE`] for the nodes starting
+    /// it at the same moment, so that none of them fetches from the origin chunks
+    /// another is fetching. Ends early once every node in `members` (every node this
+    /// one knows of) is linked, as in a rollout to a whole small cluster: there is
+    /// nobody left to wait for. In a large cluster some member is always missing.
+    pub(super) async fn settle(&mut self, linked: &mut Vec<Linked>, members: &[PeerId]) {
+        let started = Instant::now();
+        let deadline = started + SETTLE;
+        loop {
+            while let Ok(link) = self.inbound.try_recv() {
+                if let Some(l) = links::dial_back(&self.swarm.transfer, link).await {
+                    linked.push(l);
+                }
+            }
+            let everyone = all_linked(members, linked);
+            if everyone || Instant::now() >= deadline {
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    everyone,
+                    "settled"
+                );
+                return;
+            }
+            tokio::time::sleep_until(deadline.min(Instant::now() + SETTLE_POLL)).await;
+            let known = linked.iter().map(|(c, _)| c.remote).collect();
+            linked.extend(self.link_new(known).await);
+        }
+    }
+
     /// Links providers not in `known`, in parallel, up to [`MAX_LINKED`] in all.
-    pub(super) async fn link_new(
-        &self,
-        known: HashSet<libp2p_identity::PeerId>,
-    ) -> Vec<(Arc<PeerConnection>, PeerLink)> {
+    pub(super) async fn link_new(&self, known: HashSet<PeerId>) -> Vec<Linked> {
         let providers = self.swarm.discovery.find_providers(self.digest).await;
         let room = MAX_LINKED.saturating_sub(known.len());
         let ours = self.partial.snapshot();
