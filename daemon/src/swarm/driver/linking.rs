@@ -51,7 +51,8 @@ impl Run {
     /// it at the same moment, so that none of them fetches from the origin chunks
     /// another is fetching. Ends early once every node in `members` (every node this
     /// one knows of) is linked, as in a rollout to a whole small cluster: there is
-    /// nobody left to wait for. In a large cluster some member is always missing.
+    /// nobody left to wait for. In a large cluster some member is usually missing, and
+    /// the wait runs its full length.
     pub(super) async fn settle(&mut self, linked: &mut Vec<Linked>, members: &[PeerId]) {
         let started = Instant::now();
         let deadline = started + SETTLE;
