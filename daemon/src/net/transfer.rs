@@ -107,13 +107,16 @@ pub struct Transfer {
     download_rate: Arc<RateLimit>,
     chunk_buffers: BufferPool,
     upload_buffers: BufferPool,
-    connections: std::sync::Mutex<std::collections::HashMap<PeerId, Arc<PeerConnection>>>,
+    connections: std::sync::Mutex<std::collections::HashMap<PeerId, Dialing>>,
     local: std::sync::OnceLock<Arc<dyn LocalBlobs>>,
     preheater: std::sync::OnceLock<Arc<dyn Preheater>>,
     /// Set on shutdown: new chunk requests are refused, running uploads finish.
     draining: std::sync::atomic::AtomicBool,
     receive_drops: Option<udp::SocketDrops>,
 }
+
+/// A connection to one peer, set up once for every caller that wants it meanwhile.
+type Dialing = Arc<tokio::sync::OnceCell<Result<Arc<PeerConnection>, String>>>;
 
 /// Packets the receiver of a chunk may take before it must acknowledge (QUIC ACK
 /// frequency extension, negotiated; quinn's default is every second packet). Each ACK
@@ -319,27 +322,48 @@ impl Transfer {
 
     /// A live connection to `peer`, reusing the one other downloads opened: one
     /// connection per peer pair and direction, not one per blob (each costs a handshake
-    /// and its own flow-control buffers).
+    /// and its own flow-control buffers). Callers that ask while it is being set up wait
+    /// for that handshake rather than starting their own: a pull starts every layer at
+    /// once, and each would otherwise handshake with every peer.
     pub async fn connection(
         &self,
         addr: SocketAddr,
         peer: PeerId,
     ) -> Result<Arc<PeerConnection>, NetError> {
-        let cached = self
-            .connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&peer)
-            .filter(|c| !c.is_closed())
-            .cloned();
-        if let Some(conn) = cached {
-            return Ok(conn);
+        let dialing = {
+            let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+            connections.retain(|_, d| !matches!(d.get(), Some(Ok(c)) if c.is_closed()));
+            connections.entry(peer).or_default().clone()
+        };
+        let outcome = dialing
+            .get_or_init(|| async {
+                self.connect(addr, Some(peer))
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| match e {
+                        NetError::Connect { message, .. } => message,
+                        other => other.to_string(),
+                    })
+            })
+            .await;
+        match outcome {
+            Ok(conn) => Ok(conn.clone()),
+            Err(message) => {
+                // Everyone waiting on this attempt shares its failure; the next caller
+                // tries again.
+                let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+                if connections
+                    .get(&peer)
+                    .is_some_and(|d| Arc::ptr_eq(d, &dialing))
+                {
+                    connections.remove(&peer);
+                }
+                Err(NetError::Connect {
+                    addr,
+                    message: message.clone(),
+                })
+            }
         }
-        let conn = Arc::new(self.connect(addr, Some(peer)).await?);
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        connections.retain(|_, c| !c.is_closed());
-        // Two downloads may have connected at once; keep the first.
-        Ok(connections.entry(peer).or_insert(conn).clone())
     }
 
     /// Connects to a peer; with `expected` set, TLS fails unless it is that PeerId.

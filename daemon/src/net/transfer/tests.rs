@@ -175,3 +175,33 @@ async fn malformed_and_oversized_messages_drop_only_that_connection() {
         );
     }
 }
+
+/// A pull starts every layer at once, and each layer's download asks for a connection
+/// to the same peers: they share one handshake instead of racing their own.
+#[tokio::test]
+async fn simultaneous_callers_share_one_connection_attempt() {
+    let (a, b) = (node(b"s"), node(b"s"));
+    let (addr, peer) = (b.transfer.local_addr().unwrap(), b.transfer.peer_id());
+    let attempts = (0..8).map(|_| a.transfer.connection(addr, peer));
+    let conns: Vec<_> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|c| c.unwrap())
+        .collect();
+    assert!(conns.iter().all(|c| Arc::ptr_eq(c, &conns[0])));
+    assert_eq!(a.transfer.endpoint.open_connections(), 1);
+    // A failed attempt (here: a node of another cluster) is shared too, and leaves
+    // nothing behind for the next caller.
+    let stranger = node(b"other");
+    let (addr, peer) = (
+        stranger.transfer.local_addr().unwrap(),
+        stranger.transfer.peer_id(),
+    );
+    let failed = futures::future::join_all((0..3).map(|_| a.transfer.connection(addr, peer))).await;
+    assert!(failed
+        .iter()
+        .all(|r| matches!(r, Err(NetError::Connect { .. }))));
+    let connections = a.transfer.connections.lock().unwrap();
+    assert!(!connections.contains_key(&peer));
+    assert!(connections.contains_key(&b.transfer.peer_id()));
+}
