@@ -1,4 +1,4 @@
-//! Drives the [`scheduler`](super::scheduler) for one blob with real peers and the origin.
+//! Drives the [`super::scheduler`] for one blob with real peers and the origin.
 //!
 //! 1. Advertise interest (a partial provider) and look up providers of the blob.
 //! 2. Link to each: an interest stream on an authenticated transfer connection, over

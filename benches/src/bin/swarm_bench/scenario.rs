@@ -34,7 +34,7 @@ pub struct RunArgs {
     /// Scenarios to run, in order.
     #[arg(long, value_delimiter = ',', default_value = "direct,cold,warm,churn")]
     pub scenarios: Vec<String>,
-    /// Output folder (results.md, completion.svg, timeline-<scenario>.csv, logs/).
+    /// Output folder (results.md, completion.svg, timeline-SCENARIO.csv, logs/).
     #[arg(long, default_value = "swarm-bench-out")]
     pub out: PathBuf,
     /// The shoald binary (default: next to this one).

@@ -84,7 +84,7 @@ impl Scheduler {
     }
 
     /// Whether the interested set is as complete as it will get soon: every linked
-    /// downloading peer has sent its list, or [`Config::membership_wait`] has passed.
+    /// downloading peer has sent its list, or [`super::Config::membership_wait`] has passed.
     pub(super) fn membership_known(&self, now: Duration) -> bool {
         let waited = self
             .started
