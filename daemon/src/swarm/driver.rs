@@ -38,6 +38,8 @@ use crate::upstream::Target;
 
 mod linking;
 
+use linking::LinkedPeer;
+
 /// How long nodes of a cold start wait at most to see each other before using the
 /// origin (provider records and interest links travel in milliseconds on a LAN).
 const SETTLE: Duration = Duration::from_millis(500);
@@ -163,11 +165,7 @@ impl Run {
             let members = self.swarm.discovery.members().await;
             self.settle(&mut linked, &members).await;
         }
-        while let Ok(link) = self.inbound.try_recv() {
-            if let Some(l) = links::dial_back(&self.swarm.transfer, link).await {
-                linked.push(l);
-            }
-        }
+        self.link_inbound(&mut linked).await;
 
         let index = self.index(&linked, &layout).await;
         let store = self.ctx.store.clone();
@@ -361,10 +359,7 @@ impl Run {
     }
 
     /// Size and chunking: from a resumed partial, a peer, or the origin.
-    async fn layout(
-        &self,
-        linked: &[(Arc<PeerConnection>, PeerLink)],
-    ) -> Result<ChunkLayout, DownloadError> {
+    async fn layout(&self, linked: &[LinkedPeer]) -> Result<ChunkLayout, DownloadError> {
         let chunk_size = self.ctx.store.chunk_size();
         if let Some(size) = self.ctx.store.partial_size(&self.digest)? {
             return Ok(ChunkLayout::for_blob(size, chunk_size));
@@ -385,11 +380,7 @@ impl Run {
     }
 
     /// The chunk index, from the first complete peer that gives a consistent one.
-    async fn index(
-        &self,
-        linked: &[(Arc<PeerConnection>, PeerLink)],
-        layout: &ChunkLayout,
-    ) -> Option<ChunkIndex> {
+    async fn index(&self, linked: &[LinkedPeer], layout: &ChunkLayout) -> Option<ChunkIndex> {
         for (conn, link) in linked.iter().filter(|(_, l)| links::is_complete(l)) {
             match conn.fetch_index(self.digest).await {
                 Ok(index) if index.layout == *layout => return Some(index),

@@ -17,10 +17,10 @@ use super::{Input, Peer, Run, SETTLE, SETTLE_POLL};
 use crate::net::transfer::{PeerConnection, PeerLink};
 
 /// A link with the connection it runs on.
-pub(super) type Linked = (Arc<PeerConnection>, PeerLink);
+pub(super) type LinkedPeer = (Arc<PeerConnection>, PeerLink);
 
 /// Whether every one of `members` is among the remotes of `linked`.
-fn all_linked(members: &[PeerId], linked: &[Linked]) -> bool {
+fn all_linked(members: &[PeerId], linked: &[LinkedPeer]) -> bool {
     members
         .iter()
         .all(|m| linked.iter().any(|(conn, _)| conn.remote == *m))
@@ -53,15 +53,11 @@ impl Run {
     /// one knows of) is linked, as in a rollout to a whole small cluster: there is
     /// nobody left to wait for. In a large cluster some member is usually missing, and
     /// the wait runs its full length.
-    pub(super) async fn settle(&mut self, linked: &mut Vec<Linked>, members: &[PeerId]) {
+    pub(super) async fn settle(&mut self, linked: &mut Vec<LinkedPeer>, members: &[PeerId]) {
         let started = Instant::now();
         let deadline = started + SETTLE;
         loop {
-            while let Ok(link) = self.inbound.try_recv() {
-                if let Some(l) = links::dial_back(&self.swarm.transfer, link).await {
-                    linked.push(l);
-                }
-            }
+            self.link_inbound(linked).await;
             let everyone = all_linked(members, linked);
             if everyone || Instant::now() >= deadline {
                 tracing::debug!(
@@ -77,8 +73,17 @@ impl Run {
         }
     }
 
+    /// Connects back to the nodes that linked to us since the last call.
+    pub(super) async fn link_inbound(&mut self, linked: &mut Vec<LinkedPeer>) {
+        while let Ok(link) = self.inbound.try_recv() {
+            if let Some(l) = links::dial_back(&self.swarm.transfer, link).await {
+                linked.push(l);
+            }
+        }
+    }
+
     /// Links providers not in `known`, in parallel, up to [`MAX_LINKED`] in all.
-    pub(super) async fn link_new(&self, known: HashSet<PeerId>) -> Vec<Linked> {
+    pub(super) async fn link_new(&self, known: HashSet<PeerId>) -> Vec<LinkedPeer> {
         let providers = self.swarm.discovery.find_providers(self.digest).await;
         let room = MAX_LINKED.saturating_sub(known.len());
         let ours = self.partial.snapshot();
