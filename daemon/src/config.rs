@@ -182,6 +182,13 @@ pub struct Config {
     #[arg(long, env = "SHOAL_MAX_DOWNLOAD_RATE", value_name = "SIZE", default_value = "0", value_parser = parse_size)]
     pub max_download_rate: u64,
 
+    /// Bytes this node's peers may have in flight towards it at once, split among the
+    /// peers it downloads from (QUIC flow control). It bounds the queue the swarm builds
+    /// in front of the node's downlink; raise it where link rate × round trip exceeds it
+    /// (2 MiB covers 33 Gbit/s at a 0.5 ms round trip).
+    #[arg(long, env = "SHOAL_RECEIVE_BUDGET", value_name = "SIZE", default_value = "2MiB", value_parser = parse_size)]
+    pub receive_budget: u64,
+
     /// Async worker threads (`0`: one per CPU core). Hashing and file I/O run on separate
     /// blocking threads either way. On a node with few cores and slow links, 1 spends less
     /// CPU on waking threads for the same transfer (benches/RESULTS.md, session 21).

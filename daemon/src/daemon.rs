@@ -117,6 +117,7 @@ impl Daemon {
                     max_uploads: config.max_uploads,
                     max_upload_rate: config.max_upload_rate,
                     max_download_rate: config.max_download_rate,
+                    receive_budget: config.receive_budget,
                 };
                 let t = crate::net::transfer::Transfer::bind(
                     addr,

@@ -67,6 +67,9 @@ pub struct TransferOptions {
     pub max_upload_rate: u64,
     /// Bytes per second fetched from peers (0: unlimited).
     pub max_download_rate: u64,
+    /// Bytes this node's peers may have in flight towards it at once, all connections
+    /// together (see [`window::share`]).
+    pub receive_budget: u64,
 }
 
 impl Default for TransferOptions {
@@ -76,6 +79,7 @@ impl Default for TransferOptions {
             max_uploads: 8,
             max_upload_rate: 0,
             max_download_rate: 0,
+            receive_budget: window::DEFAULT_RECEIVE_BUDGET,
         }
     }
 }
@@ -128,16 +132,17 @@ type Dialing = Arc<tokio::sync::OnceCell<Result<Arc<PeerConnection>, String>>>;
 const ACK_ELICITING_THRESHOLD: u32 = 10;
 
 /// LAN bulk transfer: quinn's defaults (1.25 MB stream window) are sized for the
-/// internet and cap a single stream far below a 10-25 Gbit/s link. 4 MiB per stream and
-/// 8 MiB per connection (each way) cover 25 Gbit/s at a LAN's sub-millisecond RTT while
-/// bounding what a connection makes us buffer: a seed serving many peers holds every
-/// upload's unacknowledged bytes in its send buffers (measured: 400 MiB RSS with
-/// 64 MiB windows and 7 peers). A dead peer is noticed within the idle timeout (keep-alives
-/// every 2 s keep live idle connections open), not after quinn's default 30 s.
-fn transport() -> Arc<quinn::TransportConfig> {
+/// internet and cap a single stream far below a 10-25 Gbit/s link. A stream may take
+/// 4 MiB, while the connection's `receive_window` (its share of the node's receive
+/// budget, [`window::share`]) bounds what all its streams have in flight. The 8 MiB
+/// send window bounds what a connection makes us buffer: a seed serving many peers holds
+/// every upload's unacknowledged bytes in its send buffers (measured: 400 MiB RSS with
+/// 64 MiB windows and 7 peers). A dead peer is noticed within the idle timeout
+/// (keep-alives every 2 s keep live idle connections open), not after quinn's default 30 s.
+fn transport(receive_window: u64) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.stream_receive_window(VarInt::from_u32(4 << 20))
-        .receive_window(VarInt::from_u32(8 << 20))
+        .receive_window(VarInt::from_u64(receive_window).unwrap_or(VarInt::MAX))
         .send_window(8 << 20)
         .max_concurrent_bidi_streams(VarInt::from_u32(64))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
@@ -220,7 +225,8 @@ impl Transfer {
         let tls = super::tls::server_config(&keypair)?;
         let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(transport());
+        // Peers only send requests and have-maps on the connections they open to us.
+        server.transport_config(transport(window::MIN_RECEIVE_WINDOW));
         let socket = udp::bind(addr)?;
         let receive_drops = udp::SocketDrops::of(&socket);
         let endpoint = quinn::Endpoint::new(
@@ -337,7 +343,9 @@ impl Transfer {
         };
         let outcome = dialing
             .get_or_init(|| async {
-                self.connect(addr, Some(peer))
+                let window =
+                    window::share(self.options.receive_budget, self.downloading().len() + 1);
+                self.connect_with_window(addr, Some(peer), window)
                     .await
                     .map(Arc::new)
                     .map_err(|e| match e {
@@ -347,7 +355,10 @@ impl Transfer {
             })
             .await;
         match outcome {
-            Ok(conn) => Ok(conn.clone()),
+            Ok(conn) => {
+                self.share_receive_budget();
+                Ok(conn.clone())
+            }
             Err(message) => {
                 // Everyone waiting on this attempt shares its failure; the next caller
                 // tries again.
@@ -366,17 +377,54 @@ impl Transfer {
         }
     }
 
-    /// Connects to a peer; with `expected` set, TLS fails unless it is that PeerId.
+    /// The live connections this node downloads over.
+    fn downloading(&self) -> Vec<Arc<PeerConnection>> {
+        let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections
+            .values()
+            .filter_map(|d| match d.get() {
+                Some(Ok(c)) if !c.is_closed() => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Gives each download connection its share of the receive budget, so that the
+    /// peers together keep no more than the budget in flight towards this node however
+    /// many of them it downloads from. A connection that closes frees its share at the
+    /// next set-up.
+    fn share_receive_budget(&self) {
+        let live = self.downloading();
+        let window = window::share(self.options.receive_budget, live.len());
+        let window = VarInt::from_u64(window).unwrap_or(VarInt::MAX);
+        for c in &live {
+            c.conn.set_receive_window(window);
+        }
+    }
+
+    /// Connects to a peer; with `expected` set, TLS fails unless it is that PeerId. The
+    /// connection may receive the whole receive budget at once (tools and tests);
+    /// [`Transfer::connection`] shares it among the download connections instead.
     pub async fn connect(
         &self,
         addr: SocketAddr,
         expected: Option<PeerId>,
     ) -> Result<PeerConnection, NetError> {
+        self.connect_with_window(addr, expected, self.options.receive_budget)
+            .await
+    }
+
+    async fn connect_with_window(
+        &self,
+        addr: SocketAddr,
+        expected: Option<PeerId>,
+        receive_window: u64,
+    ) -> Result<PeerConnection, NetError> {
         let fail = |message: String| NetError::Connect { addr, message };
         let tls = super::tls::client_config(&self.keypair, expected)?;
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Setup(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(transport());
+        client.transport_config(transport(receive_window));
         // libp2p-tls checks the PeerId in the certificate, not a host name.
         let conn = self
             .endpoint
@@ -429,6 +477,7 @@ mod queue_wait;
 mod serve;
 mod slots;
 mod udp;
+pub mod window;
 
 pub use peer::{PeerConnection, PeerLink};
 pub use queue_wait::{QueueWait, UPLOAD_QUEUE_WAIT};

@@ -16,11 +16,16 @@ struct Node {
 }
 
 fn node(secret: &[u8]) -> Node {
+    node_with_budget(secret, TransferOptions::default().receive_budget)
+}
+
+fn node_with_budget(secret: &[u8], receive_budget: u64) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), 64 * 1024, 0).unwrap());
     let keypair = Keypair::generate_ed25519();
     let options = TransferOptions {
         secret: secret.to_vec(),
+        receive_budget,
         ..TransferOptions::default()
     };
     let transfer = Transfer::bind(
@@ -204,4 +209,41 @@ async fn simultaneous_callers_share_one_connection_attempt() {
     let connections = a.transfer.connections.lock().unwrap();
     assert!(!connections.contains_key(&peer));
     assert!(connections.contains_key(&b.transfer.peer_id()));
+}
+
+/// A second download connection gets half the node's budget, and a peer cannot send
+/// more than that before the node reads: 1 MiB asked for, about 256 KiB received.
+#[tokio::test]
+async fn download_connections_share_the_receive_budget() {
+    let budget = 512 << 10;
+    let a = node_with_budget(b"s", budget);
+    let (b, c) = (node(b"s"), node(b"s"));
+    let (data, d) = blob(1 << 20);
+    c.store.put_bytes(d, &data, None).unwrap();
+    let to = |n: &Node| (n.transfer.local_addr().unwrap(), n.transfer.peer_id());
+    let (addr, peer) = to(&b);
+    a.transfer.connection(addr, peer).await.unwrap();
+    let (addr, peer) = to(&c);
+    let conn = a.transfer.connection(addr, peer).await.unwrap();
+
+    let before = conn.conn.stats().udp_rx.bytes;
+    let mut unread = Vec::new();
+    for chunk in 0..16 {
+        let (mut send, recv) = conn.conn.open_bi().await.unwrap();
+        let request = Message::Request {
+            digest: d,
+            chunk,
+            held: 0,
+        };
+        write_message(&mut send, &request).await.unwrap();
+        send.finish().unwrap();
+        unread.push(recv);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = conn.conn.stats().udp_rx.bytes - before;
+    let share = budget / 2;
+    assert!(
+        received > share / 2 && received < share + (64 << 10),
+        "received {received} bytes with a {share}-byte window"
+    );
 }
