@@ -182,10 +182,10 @@ pub struct Config {
     #[arg(long, env = "SHOAL_MAX_DOWNLOAD_RATE", value_name = "SIZE", default_value = "0", value_parser = parse_size)]
     pub max_download_rate: u64,
 
-    /// Bytes this node's peers may have in flight towards it at once, split among the
-    /// peers it downloads from (QUIC flow control). It bounds the queue the swarm builds
-    /// in front of the node's downlink; raise it where link rate × round trip exceeds it
-    /// (2 MiB covers 33 Gbit/s at a 0.5 ms round trip).
+    /// The least this node's peers may have in flight towards it at once, split among
+    /// the peers it downloads from (QUIC flow control). It bounds the queue the swarm
+    /// builds in front of the node's downlink; on a fast link it grows to 20 ms of what
+    /// the node receives (at most 32 MiB).
     #[arg(long, env = "SHOAL_RECEIVE_BUDGET", value_name = "SIZE", default_value = "2MiB", value_parser = parse_size)]
     pub receive_budget: u64,
 

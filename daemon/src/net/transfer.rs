@@ -67,8 +67,8 @@ pub struct TransferOptions {
     pub max_upload_rate: u64,
     /// Bytes per second fetched from peers (0: unlimited).
     pub max_download_rate: u64,
-    /// Bytes this node's peers may have in flight towards it at once, all connections
-    /// together (see [`window::share`]).
+    /// The least this node's peers may have in flight towards it at once, all
+    /// connections together; more on a fast link ([`window`]).
     pub receive_budget: u64,
 }
 
@@ -109,6 +109,7 @@ pub struct Transfer {
     uploads: UploadSlots,
     upload_rate: RateLimit,
     download_rate: Arc<RateLimit>,
+    receive_budget: Arc<window::ReceiveBudget>,
     chunk_buffers: BufferPool,
     upload_buffers: BufferPool,
     connections: std::sync::Mutex<std::collections::HashMap<PeerId, Dialing>>,
@@ -248,6 +249,7 @@ impl Transfer {
             uploads,
             upload_rate: RateLimit::new(options.max_upload_rate),
             download_rate: Arc::new(RateLimit::new(options.max_download_rate)),
+            receive_budget: Arc::new(window::ReceiveBudget::new(options.receive_budget)),
             chunk_buffers: BufferPool::new(CHUNK_BUFFERS_RETAINED),
             upload_buffers: BufferPool::new(UPLOAD_BUFFERS_RETAINED),
             connections: Default::default(),
@@ -258,6 +260,7 @@ impl Transfer {
         });
         let serving = transfer.clone();
         tokio::spawn(async move { serving.accept_loop().await });
+        tokio::spawn(resize_receive_budget(Arc::downgrade(&transfer)));
         Ok(transfer)
     }
 
@@ -344,7 +347,7 @@ impl Transfer {
         let outcome = dialing
             .get_or_init(|| async {
                 let window =
-                    window::share(self.options.receive_budget, self.downloading().len() + 1);
+                    window::share(self.receive_budget.current(), self.downloading().len() + 1);
                 self.connect_with_window(addr, Some(peer), window)
                     .await
                     .map(Arc::new)
@@ -395,7 +398,7 @@ impl Transfer {
     /// next set-up.
     fn share_receive_budget(&self) {
         let live = self.downloading();
-        let window = window::share(self.options.receive_budget, live.len());
+        let window = window::share(self.receive_budget.current(), live.len());
         let window = VarInt::from_u64(window).unwrap_or(VarInt::MAX);
         for c in &live {
             c.conn.set_receive_window(window);
@@ -410,7 +413,7 @@ impl Transfer {
         addr: SocketAddr,
         expected: Option<PeerId>,
     ) -> Result<PeerConnection, NetError> {
-        self.connect_with_window(addr, expected, self.options.receive_budget)
+        self.connect_with_window(addr, expected, self.receive_budget.current())
             .await
     }
 
@@ -454,6 +457,7 @@ impl Transfer {
                     conn,
                     remote,
                     download_rate: self.download_rate.clone(),
+                    receive_budget: self.receive_budget.clone(),
                     chunk_buffers: self.chunk_buffers.clone(),
                 })
             }
@@ -464,6 +468,35 @@ impl Transfer {
             }
             // The server closes the connection when our proof is wrong.
             Err(_) => Err(NetError::Unauthenticated(remote.to_string())),
+        }
+    }
+}
+
+/// Samples what the node receives from peers and resizes its receive budget, until the
+/// endpoint is gone.
+async fn resize_receive_budget(transfer: std::sync::Weak<Transfer>) {
+    let mut tick = tokio::time::interval(window::RESIZE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = (tokio::time::Instant::now(), 0u64);
+    loop {
+        tick.tick().await;
+        let Some(transfer) = transfer.upgrade() else {
+            return;
+        };
+        let (now, received) = (
+            tokio::time::Instant::now(),
+            transfer.receive_budget.received(),
+        );
+        let resized = transfer
+            .receive_budget
+            .resize(received.saturating_sub(last.1), now - last.0);
+        last = (now, received);
+        if resized {
+            tracing::debug!(
+                budget = transfer.receive_budget.current(),
+                "receive budget resized"
+            );
+            transfer.share_receive_budget();
         }
     }
 }

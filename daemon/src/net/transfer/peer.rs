@@ -48,6 +48,8 @@ impl PeerLink {
 pub struct PeerConnection {
     pub(super) conn: Connection,
     pub(super) download_rate: Arc<RateLimit>,
+    /// Counts what the peer delivers, which sizes the node's receive budget.
+    pub(super) receive_budget: Arc<super::window::ReceiveBudget>,
     /// Where fetched chunks are read into; they return once written to the store.
     pub(super) chunk_buffers: BufferPool,
     /// The peer's verified identity.
@@ -96,6 +98,7 @@ impl PeerConnection {
                 recv.read_exact(&mut buf)
                     .await
                     .map_err(|e| NetError::Connection(format!("reading chunk: {e}")))?;
+                self.receive_budget.count(u64::from(len));
                 Ok(buf.freeze())
             }
             (Message::Reject { reason, .. }, _) => Err(NetError::Rejected(reason)),

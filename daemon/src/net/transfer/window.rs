@@ -7,16 +7,91 @@
 //! queue. The origin's TCP flow to the same node then loses packets to that queue and
 //! slows, and a cold rollout is only as fast as the origin. QUIC flow control bounds the
 //! bytes in flight per connection; giving each connection `budget / connections` bounds
-//! them for the node, whatever the number of peers. A connection with the whole budget
-//! still fills a fast link: 2 MiB per 0.5 ms round trip is 33 Gbit/s.
+//! them for the node, whatever the number of peers.
+//!
+//! The budget is the configured floor (`--receive-budget`) or [`BUDGET_COVERS`] of what
+//! the node has been receiving, whichever is larger ([`sized`]). A slow link never
+//! leaves the floor (200 Mbit/s is 0.5 MB per 20 ms); a fast one grows the budget as
+//! its rate climbs, so that a reader that is late by a few milliseconds (a busy CPU)
+//! does not stall its senders.
 
-/// The default node-wide budget (`--receive-budget`). Measured against fixed windows
-/// in benches/RESULTS.md (session 23).
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The default floor of the node-wide budget (`--receive-budget`). Against 8 MiB
+/// per connection, 8 emulated nodes at 200 Mbit/s: cold 1.15-1.18x T_limit against
+/// 1.19-1.24x, the origin's TCP retransmitting 0.4-0.7 % against 1.8-3.0 %
+/// (benches/RESULTS.md, session 23).
 pub const DEFAULT_RECEIVE_BUDGET: u64 = 2 << 20;
 
 /// The least window a connection gets: with many peers (a node links up to 32 per
 /// blob) a share must still carry a chunk request's first bytes in one round trip.
 pub const MIN_RECEIVE_WINDOW: u64 = 128 << 10;
+
+/// How much of the node's recent receive rate the budget covers.
+pub const BUDGET_COVERS: Duration = Duration::from_millis(20);
+
+/// The most the budget grows to (10 Gbit/s for 27 ms): what the peers may make the
+/// node buffer.
+pub const MAX_RECEIVE_BUDGET: u64 = 32 << 20;
+
+/// How often the receive rate is sampled and the budget resized.
+pub const RESIZE_EVERY: Duration = Duration::from_millis(100);
+
+/// The budget for a node that received `bytes` from peers in the last `elapsed`.
+pub fn sized(floor: u64, bytes: u64, elapsed: Duration) -> u64 {
+    let elapsed = elapsed.as_micros().max(1);
+    let covered = u128::from(bytes) * BUDGET_COVERS.as_micros() / elapsed;
+    let covered = u64::try_from(covered).unwrap_or(u64::MAX);
+    floor.max(covered.min(MAX_RECEIVE_BUDGET))
+}
+
+/// The node's current budget and what it has received, shared by its connections.
+#[derive(Debug)]
+pub struct ReceiveBudget {
+    floor: u64,
+    current: AtomicU64,
+    received: AtomicU64,
+}
+
+impl ReceiveBudget {
+    /// A budget that starts at, and never falls below, `floor`.
+    pub fn new(floor: u64) -> Self {
+        ReceiveBudget {
+            floor,
+            current: AtomicU64::new(floor),
+            received: AtomicU64::new(0),
+        }
+    }
+
+    /// The budget now.
+    pub fn current(&self) -> u64 {
+        self.current.load(Ordering::Relaxed)
+    }
+
+    /// Counts bytes a peer delivered.
+    pub fn count(&self, bytes: u64) {
+        self.received.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes peers have delivered since the node started.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Resizes the budget for `bytes` received in `elapsed`; true when it changed by
+    /// more than an eighth (the connections' windows are then worth resetting).
+    pub fn resize(&self, bytes: u64, elapsed: Duration) -> bool {
+        let next = sized(self.floor, bytes, elapsed);
+        let now = self.current();
+        if next.abs_diff(now) > now / 8 || (next == self.floor && now != self.floor) {
+            self.current.store(next, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// One connection's receive window when `connections` share `budget`.
 pub fn share(budget: u64, connections: usize) -> u64 {
@@ -38,6 +113,40 @@ mod tests {
     fn connections_split_the_budget() {
         assert_eq!(share(2 << 20, 4), 512 << 10);
         assert_eq!(share(7 << 20, 7), 1 << 20);
+    }
+
+    #[test]
+    fn a_slow_link_keeps_the_floor_and_a_fast_one_grows_the_budget() {
+        let floor = 2 << 20;
+        let tenth = Duration::from_millis(100);
+        // 200 Mbit/s: 2.5 MB per 100 ms, 0.5 MB per 20 ms.
+        assert_eq!(sized(floor, 2_500_000, tenth), floor);
+        // 10 Gbit/s: 125 MB per 100 ms, 25 MB per 20 ms.
+        assert_eq!(sized(floor, 125_000_000, tenth), 25_000_000);
+        assert_eq!(sized(floor, 1 << 40, tenth), MAX_RECEIVE_BUDGET);
+        assert_eq!(sized(floor, 1 << 20, Duration::ZERO), MAX_RECEIVE_BUDGET);
+        // A floor above the cap is still the floor.
+        assert_eq!(sized(64 << 20, 1 << 40, tenth), 64 << 20);
+    }
+
+    #[test]
+    fn the_budget_moves_on_real_changes_and_returns_to_the_floor() {
+        let floor = 2 << 20;
+        let budget = ReceiveBudget::new(floor);
+        let tenth = Duration::from_millis(100);
+        assert!(!budget.resize(2_500_000, tenth));
+        assert_eq!(budget.current(), floor);
+        assert!(budget.resize(100_000_000, tenth));
+        assert_eq!(budget.current(), 20_000_000);
+        // Within an eighth: the windows are left alone.
+        assert!(!budget.resize(105_000_000, tenth));
+        assert_eq!(budget.current(), 20_000_000);
+        // Idle: back to the floor.
+        assert!(budget.resize(0, tenth));
+        assert_eq!(budget.current(), floor);
+        budget.count(3);
+        budget.count(4);
+        assert_eq!(budget.received(), 7);
     }
 
     #[test]
