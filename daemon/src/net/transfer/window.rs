@@ -14,13 +14,21 @@
 //! leaves the floor (200 Mbit/s is 0.5 MB per 20 ms); a fast one grows the budget as
 //! its rate climbs, so that a reader that is late by a few milliseconds (a busy CPU)
 //! does not stall its senders.
+//!
+//! While the budget limits the rate, the rate is the budget per round trip, so the
+//! budget grows exactly while round trips (queueing included) stay under
+//! [`BUDGET_COVERS`]: a queue that builds up past 20 ms stops the growth. It also means
+//! that a link with a longer round trip (a WAN) never grows past the floor, and needs
+//! `--receive-budget` of at least rate × round trip.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The default floor of the node-wide budget (`--receive-budget`). Against 8 MiB
-/// per connection, 8 emulated nodes at 200 Mbit/s: cold 1.15-1.18x T_limit against
-/// 1.19-1.24x, the origin's TCP retransmitting 0.4-0.7 % against 1.8-3.0 %
+/// per connection, 8 emulated nodes at 200 Mbit/s, medians: cold 1.18x T_limit
+/// against 1.265x, warm 1.20x against 1.285x, the origin's TCP retransmitting
+/// 0.3-1.1 % of its segments against 1.8-3.0 %. A 1 MiB floor was 0.01 faster there
+/// and 4 % slower on a 10 Gbit/s link; 4 MiB let the origin's losses back
 /// (benches/RESULTS.md, session 23).
 pub const DEFAULT_RECEIVE_BUDGET: u64 = 2 << 20;
 
