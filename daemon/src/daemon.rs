@@ -355,14 +355,15 @@ async fn run_until(
     Ok(())
 }
 
-/// How often the transfer socket's drop count is read into the metrics.
+/// How often the transfer socket's drop count and receive budget are read into the
+/// metrics.
 const DROP_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
 /// At most one warning this often while the kernel keeps dropping datagrams.
 const DROP_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Reads the transfer socket's drops into the metrics until `stop`, and warns while the
-/// kernel drops datagrams there: transfers then slow down, and `net.core.rmem_max` is
-/// usually why (the socket could not get the buffer it asked for).
+/// Reads the transfer socket's drops and receive budget into the metrics until `stop`,
+/// and warns while the kernel drops datagrams there: transfers then slow down, and
+/// `net.core.rmem_max` is usually why (the socket could not get the buffer it asked for).
 async fn watch_transfer_drops(
     transfer: Option<Arc<crate::net::transfer::Transfer>>,
     metrics: Arc<Metrics>,
@@ -377,6 +378,9 @@ async fn watch_transfer_drops(
         let mut last_warning: Option<tokio::time::Instant> = None;
         loop {
             tick.tick().await;
+            metrics
+                .transfer_receive_budget
+                .set(i64::try_from(transfer.receive_budget()).unwrap_or(i64::MAX));
             let Some(total) = transfer.receive_drops() else {
                 continue;
             };

@@ -58,6 +58,8 @@ pub struct Metrics {
     /// Datagrams the kernel dropped at the peer-transfer socket (full receive buffer),
     /// as last read by [`Metrics::record_transfer_drops`].
     pub transfer_receive_drops: Counter,
+    /// What this node's peers may have in flight towards it, as last read (every 10 s).
+    pub transfer_receive_budget: Gauge,
 }
 
 impl Default for Metrics {
@@ -74,6 +76,7 @@ impl Default for Metrics {
             cache_misses: Family::default(),
             store_bytes: Gauge::default(),
             transfer_receive_drops: Counter::default(),
+            transfer_receive_budget: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("http_requests", "Mirror HTTP requests", m.requests.clone());
@@ -122,6 +125,12 @@ impl Default for Metrics {
             "Datagrams the kernel dropped at the peer-transfer socket because its receive \
              buffer was full (raise net.core.rmem_max)",
             m.transfer_receive_drops.clone(),
+        );
+        registry.register(
+            "transfer_receive_budget_bytes",
+            "Bytes this node's peers may have in flight towards it, all together \
+             (--receive-budget, grown on fast links)",
+            m.transfer_receive_budget.clone(),
         );
         Metrics { registry, ..m }
     }

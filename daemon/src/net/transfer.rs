@@ -270,6 +270,11 @@ impl Transfer {
         self.receive_drops.and_then(|d| d.read())
     }
 
+    /// What the node's peers may have in flight towards it now, all together.
+    pub fn receive_budget(&self) -> u64 {
+        self.receive_budget.current()
+    }
+
     /// Lets peers see running downloads (set once, after the downloads registry exists).
     pub fn set_local_blobs(&self, local: Arc<dyn LocalBlobs>) {
         let _ = self.local.set(local);

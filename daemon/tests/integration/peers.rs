@@ -159,6 +159,16 @@ async fn datagrams_dropped_at_the_transfer_socket_are_counted_and_reported() {
         body.contains("shoal_transfer_receive_drops_total 0"),
         "{body}"
     );
+    // An idle node's receive budget is its configured floor, 2 MiB by default (read
+    // into the metrics at start and every 10 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while s.metric("shoal_transfer_receive_budget_bytes").await != 2097152.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "receive budget never reported"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     // Stopped, the daemon reads nothing; 20,000 datagrams are more than its 8 MiB
     // receive buffer holds.
     let signal = |sig: &str| {
