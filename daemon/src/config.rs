@@ -186,7 +186,7 @@ pub struct Config {
     /// the peers it downloads from (QUIC flow control). It bounds the queue the swarm
     /// builds in front of the node's downlink; on a fast link it grows to 20 ms of what
     /// the node receives (at most 32 MiB).
-    #[arg(long, env = "SHOAL_RECEIVE_BUDGET", value_name = "SIZE", default_value = "2MiB", value_parser = parse_size)]
+    #[arg(long, env = "SHOAL_RECEIVE_BUDGET", value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
     pub receive_budget: u64,
 
     /// Async worker threads (`0`: one per CPU core). Hashing and file I/O run on separate

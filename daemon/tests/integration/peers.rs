@@ -159,10 +159,10 @@ async fn datagrams_dropped_at_the_transfer_socket_are_counted_and_reported() {
         body.contains("shoal_transfer_receive_drops_total 0"),
         "{body}"
     );
-    // An idle node's receive budget is its configured floor, 2 MiB by default (read
+    // An idle node's receive budget is its configured floor, 1 MiB by default (read
     // into the metrics at start and every 10 s).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while s.metric("shoal_transfer_receive_budget_bytes").await != 2097152.0 {
+    while s.metric("shoal_transfer_receive_budget_bytes").await != 1048576.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "receive budget never reported"

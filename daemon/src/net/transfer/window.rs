@@ -24,13 +24,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// The default floor of the node-wide budget (`--receive-budget`). Against 8 MiB
-/// per connection, 8 emulated nodes at 200 Mbit/s, medians: cold 1.18x T_limit
-/// against 1.265x, warm 1.20x against 1.285x, the origin's TCP retransmitting
-/// 0.3-1.1 % of its segments against 1.8-3.0 %. A 1 MiB floor was 0.01 faster there
-/// and 4 % slower on a 10 Gbit/s link; 4 MiB let the origin's losses back
+/// The default floor of the node-wide budget (`--receive-budget`). 8 emulated nodes
+/// at 200 Mbit/s, medians: a 2 MiB floor took cold starts from 1.265x T_limit (8 MiB
+/// per connection) to 1.18x and warm ones from 1.285x to 1.20x, the origin's TCP
+/// retransmitting 0.3-1.1 % of its segments instead of 1.8-3.0 %. 1 MiB, over eleven
+/// rounds alternating with 2 MiB: cold 1.17x, warm 1.19x, the origin losing nothing
+/// (0-0.04 %), and a 10 Gbit/s link as fast; 4 MiB let the origin's losses back
 /// (benches/RESULTS.md, session 23).
-pub const DEFAULT_RECEIVE_BUDGET: u64 = 2 << 20;
+pub const DEFAULT_RECEIVE_BUDGET: u64 = 1 << 20;
 
 /// The least window a connection gets: with many peers (a node links up to 32 per
 /// blob) a share must still carry a chunk request's first bytes in one round trip.
