@@ -344,11 +344,14 @@ impl Transfer {
         addr: SocketAddr,
         peer: PeerId,
     ) -> Result<Arc<PeerConnection>, NetError> {
-        let dialing = {
+        let (dialing, pruned) = {
             let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+            let before = connections.len();
             connections.retain(|_, d| !matches!(d.get(), Some(Ok(c)) if c.is_closed()));
-            connections.entry(peer).or_default().clone()
+            let pruned = connections.len() < before;
+            (connections.entry(peer).or_default().clone(), pruned)
         };
+        let new_connection = dialing.get().is_none();
         let outcome = dialing
             .get_or_init(|| async {
                 let window =
@@ -364,7 +367,11 @@ impl Transfer {
             .await;
         match outcome {
             Ok(conn) => {
-                self.share_receive_budget();
+                // The shares change only with the set of connections (and the budget,
+                // which its resizer re-shares).
+                if pruned || new_connection {
+                    self.share_receive_budget();
+                }
                 Ok(conn.clone())
             }
             Err(message) => {
