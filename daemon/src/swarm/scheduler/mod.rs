@@ -10,7 +10,8 @@
 //! 1. **Streaming window**: the first missing chunks after the in-order cursor, so the
 //!    local runtime gets bytes early.
 //! 2. **Rarest first** among the chunks a peer has, ties broken by a per-node hash so
-//!    nodes spread over different chunks.
+//!    nodes spread over different chunks. A shared seed's chunks go by index instead in
+//!    a small swarm ([`Config::seeds_in_order_up_to`]).
 //! 3. **Origin, only for what no peer has.** With other nodes downloading the same blob
 //!    (a cold start), each chunk is assigned by rendezvous hashing over the live
 //!    interested nodes; a node fetches from the origin only the chunks assigned to it
@@ -125,6 +126,18 @@ pub struct Config {
     pub ban_period: Duration,
     /// Chunks after the in-order cursor that take precedence over rarest-first.
     pub stream_window: u32,
+    /// Linked downloaders (this node included) up to which an owner takes its share of
+    /// a shared seed's chunks lowest index first, instead of rarest first in the
+    /// per-node hash order. The local client reads a blob only up to its in-order
+    /// prefix, so a warm swarm that fills blobs in hash order leaves most of each blob
+    /// to be read, and sha256-hashed, in its last seconds. Emulated, 7 nodes pulling
+    /// from one seed on one 2-core machine: 21 s in, the clients had read 0.43-0.56 of
+    /// the model against 0.17-0.24, and the last node finished at 1.14-1.16x T_limit
+    /// (median 1.15) against 1.17-1.21x (median 1.19; benches/RESULTS.md, session 24).
+    /// Simulated, where reading costs nothing, index order at every size costs larger
+    /// swarms: 33 nodes 1.15x -> 1.17x, 100 nodes 1.20x -> 1.22x, 200 nodes 1.19x ->
+    /// 1.23x; up to 17 nodes it is within 0.02 either way.
+    pub seeds_in_order_up_to: usize,
     /// Sources per chunk at most in endgame.
     pub endgame_sources: usize,
     /// Origin failures in a row before the download is abandoned.
@@ -145,6 +158,7 @@ impl Default for Config {
             large_swarm: usize::MAX,
             ban_period: Duration::from_secs(600),
             stream_window: 2,
+            seeds_in_order_up_to: 16,
             endgame_sources: 2,
             max_origin_failures: 5,
         }

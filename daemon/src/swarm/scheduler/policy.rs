@@ -53,13 +53,16 @@ impl Scheduler {
         // rendezvous owner only, and the others get it from the owner, so a seed's
         // uplink carries each chunk about once.
         let share_seeds = shared && !self.stalled(now);
-        let owned = if share_seeds {
+        let (owned, seeds_in_order) = if share_seeds {
             let linked = self.linked_interested(now);
-            self.seed_owners
+            let in_order = linked.len() <= self.config.seeds_in_order_up_to;
+            let owned = self
+                .seed_owners
                 .update(linked, self.me, self.chunks.len(), self.salt)
-                .to_vec()
+                .to_vec();
+            (owned, in_order)
         } else {
-            Vec::new()
+            (Vec::new(), false)
         };
         let mut outstanding: usize = self.peers.values().map(|st| st.in_flight).sum();
         for (peer, score) in order {
@@ -70,6 +73,7 @@ impl Scheduler {
                 continue;
             };
             let from_seed = share_seeds && st.seed;
+            let in_index_order = from_seed && seeds_in_order;
             let depth = {
                 let share = if score.is_finite() { score / best } else { 1.0 };
                 ((self.config.max_requests_per_peer as f64 * share).round() as usize)
@@ -89,12 +93,13 @@ impl Scheduler {
                         && requestable.get(c)
                         && (!from_seed || owned.get(c as usize).copied().unwrap_or(true))
                 });
-                // In the window: lowest index first. Past it: rarest, then spread.
+                // In the window, and from a shared seed in a small swarm: lowest index
+                // first. Otherwise rarest, then spread.
                 let pick = candidates.min_by_key(|&c| {
-                    let in_window = c < window_end;
+                    let by_index = in_index_order || c < window_end;
                     (
-                        !in_window,
-                        if in_window { c } else { 0 },
+                        !by_index,
+                        if by_index { c } else { 0 },
                         self.availability[c as usize],
                         self.spread(c),
                     )
