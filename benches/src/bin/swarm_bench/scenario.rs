@@ -214,6 +214,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
             shoald.display()
         );
     }
+    // `ip netns exec` looks a bare name up in PATH: a relative path that exists here
+    // would start no daemon at all.
+    let shoald = std::fs::canonicalize(&shoald)
+        .with_context(|| format!("resolving {}", shoald.display()))?;
     let rate = netns::rate_bytes_per_sec(&args.rate)?;
     std::fs::create_dir_all(args.out.join("logs"))?;
     let net = Network::build(args.nodes, &args.rate, args.mtu)
@@ -383,6 +387,16 @@ impl Bench {
         let want = self.net.nodes.len() - 1;
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
+            for (i, d) in daemons.iter_mut().enumerate() {
+                if let Ok(Some(status)) = d.child.try_wait() {
+                    let logs = d.logs();
+                    let tail: Vec<&str> = logs.lines().rev().take(5).collect();
+                    bail!(
+                        "shoald on node {i} exited at start ({status}); its log ends:\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
+            }
             if daemons
                 .iter()
                 .all(|d| d.logs().matches("peer identified").count() >= want)
