@@ -87,6 +87,10 @@ struct Args {
     /// Override the stream window, in chunks (exploration).
     #[arg(long)]
     stream_window: Option<u32>,
+    /// Override the linked downloaders up to which owners take a seed's chunks in index
+    /// order (exploration; 0: never, the node count or more: always).
+    #[arg(long)]
+    seeds_in_order_up_to: Option<usize>,
     /// Override the scheduler's origin frontier, in chunks (exploration; 0: none).
     #[arg(long)]
     origin_frontier: Option<u32>,
@@ -133,6 +137,9 @@ fn config(args: &Args) -> shoal_daemon::swarm::scheduler::Config {
     }
     if let Some(n) = args.large_swarm {
         c.large_swarm = n;
+    }
+    if let Some(n) = args.seeds_in_order_up_to {
+        c.seeds_in_order_up_to = n;
     }
     // All layers start at once here, as the blobs of one pull do in the daemon.
     c.origin_frontier = args
