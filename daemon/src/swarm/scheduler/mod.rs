@@ -133,7 +133,7 @@ pub struct Config {
     /// to be read, and sha256-hashed, in its last seconds. Emulated, 7 nodes pulling
     /// from one seed on one 2-core machine: 21 s in, the clients had read 0.43-0.56 of
     /// the model against 0.17-0.24, and the last node finished at 1.13-1.16x T_limit
-    /// (median 1.15) against 1.17-1.21x (median 1.19; benches/RESULTS.md, session 24).
+    /// (median 1.145) against 1.17-1.21x (median 1.19; benches/RESULTS.md, session 24).
     /// Simulated, where reading costs nothing, index order at every size costs larger
     /// swarms: 33 nodes 1.15x -> 1.17x, 100 nodes 1.20x -> 1.22x, 200 nodes 1.19x ->
     /// 1.23x; up to 17 nodes it is within 0.02 either way.
