@@ -384,6 +384,17 @@ mod tests {
         assert_eq!(c.chunk_size, u64::from(shoal_proto::DEFAULT_CHUNK_SIZE));
     }
 
+    /// The flag's default and the transfer endpoint's (`TransferOptions::default`, which
+    /// the tests use) are written twice; this keeps them one value.
+    #[test]
+    fn the_default_receive_budget_is_the_transfer_default() {
+        let c = Config::load_from(["shoald"]).unwrap();
+        assert_eq!(
+            c.receive_budget,
+            crate::net::transfer::window::DEFAULT_RECEIVE_BUDGET
+        );
+    }
+
     #[test]
     fn worker_threads_default_to_one_per_core_and_take_a_count() {
         assert_eq!(Config::load_from(["shoald"]).unwrap().worker_threads, 0);
