@@ -22,7 +22,8 @@
 //!    silent for [`Config::assignment_grace`], it drops out of the hash and its chunks
 //!    move to the others, so a dead node costs one grace period, not a stall.
 //! 4. **Endgame**: once every missing chunk is in flight, idle peers duplicate the
-//!    outstanding requests; the first copy wins and the others are cancelled.
+//!    outstanding requests; the first copy wins and the others are cancelled. A seed
+//!    shared by rendezvous is left out: its uplink is what a warm start waits for.
 //!
 //! Peers are scored by observed throughput (EWMA). Faster peers are asked first and get
 //! deeper pipelines. A request that times out is retried elsewhere and halves the

@@ -104,8 +104,13 @@ impl Scheduler {
                         self.spread(c),
                     )
                 });
+                // A shared seed takes no endgame duplicates: every node's last chunks
+                // would come from it a second time, on the uplink a warm start waits for
+                // (3-4.5 % of what it sent; benches/RESULTS.md, session 24). The cost: a
+                // last chunk that only a slow owner and the seed hold waits for that
+                // owner, or for its request to fail or time out.
                 let pick = pick.or_else(|| {
-                    (requestable.count == 0)
+                    (requestable.count == 0 && !from_seed)
                         .then(|| self.endgame_pick(peer))
                         .flatten()
                 });
