@@ -57,29 +57,36 @@ fn swarm_bench_smoke_run() {
         egress_ratio <= 1.1,
         "cold rollout origin egress {egress_ratio} x model: {report}"
     );
-    // The peers' UDP datagrams are counted in the nodes' namespaces: "x.xx % of N".
-    let drops = cold.split('|').nth(12).unwrap().trim();
-    let received: u64 = drops
-        .rsplit_once(" of ")
-        .and_then(|(_, n)| n.parse().ok())
-        .unwrap_or_else(|| panic!("UDP drops column {drops:?}: {report}"));
+    // Counter columns read "x.xx % of N"; N, the count the share is of.
+    let count_of = |row: &str, column: usize, what: &str| -> u64 {
+        row.split('|')
+            .nth(column)
+            .and_then(|c| c.trim().rsplit_once(" of "))
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or_else(|| panic!("{what} column: {report}"))
+    };
+    // The peers' UDP datagrams are counted in the nodes' namespaces.
+    let received = count_of(cold, 12, "UDP drops");
     assert!(received > 0, "no UDP datagrams counted: {report}");
-    // The origin's TCP segments are counted in its namespace: "x.xx % of N".
+    // The origin's TCP segments are counted in its namespace.
     let direct = report
         .lines()
         .find(|l| l.starts_with("| direct |"))
         .unwrap();
-    let segments: u64 = direct
-        .split('|')
-        .nth(13)
-        .and_then(|c| c.trim().rsplit_once(" of "))
-        .and_then(|(_, n)| n.parse().ok())
-        .unwrap_or_else(|| panic!("origin TCP column: {report}"));
+    let segments = count_of(direct, 13, "origin TCP");
     assert!(segments > 0, "no origin TCP segments counted: {report}");
+    // Every link's shaper, counted in the namespaces. Three nodes each download the
+    // 24 MiB model over their shaped link, in frames of at most 1,514 bytes, so at
+    // least that many packets passed.
+    let link_packets = count_of(cold, 14, "link drops");
+    assert!(
+        link_packets >= 3 * (24 << 20) / 1514,
+        "{link_packets} packets counted at the shapers: {report}"
+    );
     // The machine's CPU, sampled while the pulls ran: "NN %".
     let busy: f64 = cold
         .split('|')
-        .nth(14)
+        .nth(15)
         .and_then(|c| c.trim().strip_suffix(" %"))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("CPU busy column: {report}"));

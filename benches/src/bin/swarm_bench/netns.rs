@@ -71,6 +71,25 @@ impl TcpSegments {
     }
 }
 
+/// The link shapers' packet counters over every link, both directions, or their change
+/// over a scenario. A `tbf` drops what arrives at a full queue: on this network, where
+/// nothing else drops, that is every packet lost, the loss QUIC's congestion control
+/// reacts to and retransmits.
+#[derive(Clone, Copy, Default)]
+pub struct ShaperCounters {
+    pub sent: u64,
+    pub dropped: u64,
+}
+
+impl ShaperCounters {
+    pub fn since(self, before: ShaperCounters) -> ShaperCounters {
+        ShaperCounters {
+            sent: self.sent.saturating_sub(before.sent),
+            dropped: self.dropped.saturating_sub(before.dropped),
+        }
+    }
+}
+
 impl Network {
     /// Builds the origin and `nodes` node hosts with links of `rate` (a tc rate, e.g.
     /// `200mbit`) and `mtu`.
@@ -135,6 +154,29 @@ impl Network {
             sent: snmp_field(&snmp, "Tcp", "OutSegs"),
             retransmitted: snmp_field(&snmp, "Tcp", "RetransSegs"),
         })
+    }
+
+    /// The shapers' counters so far, summed over every link: uploads are shaped in each
+    /// host's namespace, downloads on the bridge side in the core one.
+    pub fn shaper_counters(&self) -> Result<ShaperCounters> {
+        let namespaces = std::iter::once(CORE)
+            .chain(std::iter::once(self.origin.ns.as_str()))
+            .chain(self.nodes.iter().map(|h| h.ns.as_str()));
+        let mut sum = ShaperCounters::default();
+        for ns in namespaces {
+            let out =
+                run(Command::new("ip")
+                    .args(["netns", "exec", ns, "tc", "-s", "-j", "qdisc", "show"]))?;
+            let qdiscs: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("`tc -s -j qdisc show` output in {ns}"))?;
+            for q in qdiscs.as_array().into_iter().flatten() {
+                if q["kind"] == "tbf" {
+                    sum.sent += q["packets"].as_u64().unwrap_or(0);
+                    sum.dropped += q["drops"].as_u64().unwrap_or(0);
+                }
+            }
+        }
+        Ok(sum)
     }
 
     /// Bytes `host` has sent on its link so far.

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::netns::TcpSegments;
+use crate::netns::{ShaperCounters, TcpSegments};
 use crate::scenario::{RunArgs, UdpCounters};
 
 /// What one scenario measured.
@@ -15,6 +15,8 @@ pub struct ScenarioResult {
     pub egress: u64,
     /// The origin's TCP segments sent and retransmitted during the timed part.
     pub origin_tcp: TcpSegments,
+    /// Packets every link's shaper passed and dropped during the timed part.
+    pub shapers: ShaperCounters,
     pub model_bytes: u64,
     /// Largest peak RSS among the daemons (0 for `direct`).
     pub peak_rss: u64,
@@ -38,7 +40,7 @@ impl ScenarioResult {
     }
 }
 
-const HEADER: &str = "| scenario | nodes | min s | median s | max s | T_limit s | max/T_limit | origin egress | egress/model | peak RSS (max) | daemon CPU s | UDP receive drops | origin TCP retransmitted | machine CPU busy |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+const HEADER: &str = "| scenario | nodes | min s | median s | max s | T_limit s | max/T_limit | origin egress | egress/model | peak RSS (max) | daemon CPU s | UDP receive drops | origin TCP retransmitted | link drops | machine CPU busy |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 /// One table row.
 pub fn row(r: &ScenarioResult) -> String {
@@ -67,11 +69,16 @@ pub fn row(r: &ScenarioResult) -> String {
         100.0 * r.origin_tcp.retransmitted as f64 / r.origin_tcp.sent.max(1) as f64,
         r.origin_tcp.sent
     );
+    let link_drops = format!(
+        "{:.2} % of {}",
+        100.0 * r.shapers.dropped as f64 / (r.shapers.sent + r.shapers.dropped).max(1) as f64,
+        r.shapers.sent + r.shapers.dropped
+    );
     let busy = r
         .cpu_busy
         .map_or_else(|| "—".to_owned(), |b| format!("{:.0} %", 100.0 * b));
     format!(
-        "| {} | {} | {min:.1} | {med:.1} | {:.1} | {:.1} | {:.2} | {:.0} MiB | {:.3} | {rss} | {cpu} | {drops} | {retransmitted} | {busy} |",
+        "| {} | {} | {min:.1} | {med:.1} | {:.1} | {:.1} | {:.2} | {:.0} MiB | {:.3} | {rss} | {cpu} | {drops} | {retransmitted} | {link_drops} | {busy} |",
         r.name,
         r.times.len(),
         r.max(),

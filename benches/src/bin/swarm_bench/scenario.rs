@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::netns::{self, snmp_field, Host, Network, TcpSegments};
+use crate::netns::{self, snmp_field, Host, Network, ShaperCounters, TcpSegments};
 use crate::report::{self, ScenarioResult};
 use crate::timeline::{Sampler, Timeline};
 
@@ -162,29 +162,32 @@ impl UdpCounters {
 /// Pulls running in a scenario's timed part, and what is measured over it.
 struct TimedPulls {
     pulls: Vec<(usize, Child)>,
-    origin_before: OriginCounters,
+    net_before: NetCounters,
     sampler: Sampler,
 }
 
 /// What a scenario's timed part measured: each pulling node's completion seconds, what
-/// the origin sent, and the timeline.
+/// the origin sent and the links dropped, and the timeline.
 struct TimedResult {
     times: Vec<(usize, f64)>,
-    origin: OriginCounters,
+    net: NetCounters,
     timeline: Timeline,
 }
 
-/// The origin's counters, or their change over a scenario's timed part.
-struct OriginCounters {
-    bytes: u64,
-    tcp: TcpSegments,
+/// The network's counters (the origin's link, every link's shaper), or their change
+/// over a scenario's timed part.
+struct NetCounters {
+    origin_bytes: u64,
+    origin_tcp: TcpSegments,
+    shapers: ShaperCounters,
 }
 
-impl OriginCounters {
-    fn since(self, before: OriginCounters) -> OriginCounters {
-        OriginCounters {
-            bytes: self.bytes - before.bytes,
-            tcp: self.tcp.since(before.tcp),
+impl NetCounters {
+    fn since(self, before: NetCounters) -> NetCounters {
+        NetCounters {
+            origin_bytes: self.origin_bytes - before.origin_bytes,
+            origin_tcp: self.origin_tcp.since(before.origin_tcp),
+            shapers: self.shapers.since(before.shapers),
         }
     }
 }
@@ -449,35 +452,37 @@ impl Bench {
         Ok(times)
     }
 
-    /// What the origin has sent so far: bytes on its link, and its TCP segments.
-    fn origin_counters(&self) -> Result<OriginCounters> {
-        Ok(OriginCounters {
-            bytes: Network::tx_bytes(&self.net.origin)?,
-            tcp: Network::tcp_segments(&self.net.origin)?,
+    /// What the origin has sent so far (bytes on its link, its TCP segments), and what
+    /// the links' shapers have passed and dropped.
+    fn net_counters(&self) -> Result<NetCounters> {
+        Ok(NetCounters {
+            origin_bytes: Network::tx_bytes(&self.net.origin)?,
+            origin_tcp: Network::tcp_segments(&self.net.origin)?,
+            shapers: self.net.shaper_counters()?,
         })
     }
 
     /// Starts the timed part: pulls on the `which` nodes from `base`, with the origin's
     /// counters read just before and the timeline sampled from then on.
     fn start_timed(&self, which: &[usize], base: &str, daemons: &[Daemon]) -> Result<TimedPulls> {
-        let origin_before = self.origin_counters()?;
+        let net_before = self.net_counters()?;
         let pulls = self.spawn_pulls(which, base)?;
         let sampler = self.sample_nodes(&pulls, daemons);
         Ok(TimedPulls {
             pulls,
-            origin_before,
+            net_before,
             sampler,
         })
     }
 
-    /// Waits for the timed pulls; their times, what the origin sent meanwhile, and the
+    /// Waits for the timed pulls; their times, the network counters' change meanwhile, and the
     /// timeline. The sampler stops even when a pull failed.
     fn finish_timed(&self, timed: TimedPulls) -> Result<TimedResult> {
         let times = Bench::collect(timed.pulls);
         let timeline = timed.sampler.finish();
         Ok(TimedResult {
             times: times?,
-            origin: self.origin_counters()?.since(timed.origin_before),
+            net: self.net_counters()?.since(timed.net_before),
             timeline,
         })
     }
@@ -504,7 +509,7 @@ impl Bench {
         let mut udp_before: Vec<UdpCounters> = Vec::new();
         let TimedResult {
             times,
-            origin,
+            net,
             timeline,
         } = match name {
             "direct" => {
@@ -564,8 +569,9 @@ impl Bench {
             name: name.to_owned(),
             times: times.into_iter().map(|(_, t)| t).collect(),
             t_limit: self.t_limit(),
-            egress: origin.bytes,
-            origin_tcp: origin.tcp,
+            egress: net.origin_bytes,
+            origin_tcp: net.origin_tcp,
+            shapers: net.shapers,
             model_bytes: self.model_bytes,
             peak_rss: usage.iter().map(|u| u.0).max().unwrap_or(0),
             cpu_secs: usage.iter().map(|u| u.1).sum(),
