@@ -336,6 +336,7 @@ impl Run {
                     let st = sched.status(now());
                     tracing::debug!(
                         present = st.present,
+                        in_order = sched.cursor(),
                         chunks = st.chunks,
                         peers = st.peers,
                         seeds = st.seeds,
@@ -422,15 +423,28 @@ impl Run {
                 let metrics = self.ctx.metrics.clone();
                 let slots = self.swarm.peer_requests.clone();
                 let partial = self.partial.clone();
-                tokio::spawn(async move {
+                let task = async move {
+                    let asked = tokio::time::Instant::now();
                     let Ok(_slot) = slots.acquire_owned().await else {
                         return;
                     };
                     let held = partial.held();
+                    let sent = tokio::time::Instant::now();
                     let outcome = match conn.fetch_chunk(digest, chunk, held, len).await {
                         Ok(bytes) if bytes.len() as u32 == len => {
                             metrics.peer_bytes.inc_by(bytes.len() as u64);
-                            write(&writes, chunk, bytes, expected).await
+                            let arrived = tokio::time::Instant::now();
+                            let outcome = write(&writes, chunk, bytes, expected).await;
+                            // Where a chunk's time went, for reading a download's tail.
+                            tracing::trace!(
+                                peer = %conn.remote,
+                                chunk,
+                                slot_wait_ms = (sent - asked).as_millis() as u64,
+                                transfer_ms = (arrived - sent).as_millis() as u64,
+                                write_ms = arrived.elapsed().as_millis() as u64,
+                                "chunk from a peer"
+                            );
+                            outcome
                         }
                         Ok(bytes) => {
                             Fetched::Failed(format!("peer sent {} of {len} bytes", bytes.len()))
@@ -442,7 +456,8 @@ impl Run {
                         chunk,
                         outcome,
                     });
-                })
+                };
+                tokio::spawn(task.in_current_span())
             }
             Source::Origin => {
                 let (ctx, target, auth) = (
@@ -450,7 +465,7 @@ impl Run {
                     self.target.clone(),
                     self.client_auth.clone(),
                 );
-                tokio::spawn(async move {
+                let task = async move {
                     let outcome =
                         match links::fetch_origin_range(&ctx, &target, auth, digest, range).await {
                             // Not checked against a peer's chunk index: the origin is the
@@ -463,7 +478,8 @@ impl Run {
                         chunk,
                         outcome,
                     });
-                })
+                };
+                tokio::spawn(task.in_current_span())
             }
         };
         self.in_flight
