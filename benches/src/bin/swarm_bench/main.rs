@@ -5,7 +5,8 @@
 //! rate with `tc tbf`; pushes a ModelPack-style model to the origin; then runs the
 //! scenarios and reports per-node completion times against T_limit = model size / link
 //! rate, origin egress counted on the origin's interface, packets the links' shapers
-//! dropped (the network's only loss), peak RSS and CPU time of every daemon. Needs root, `ip`, `tc`, `docker-registry` and a built `shoald`:
+//! dropped (the network's only loss), peak RSS and CPU time of every daemon. Needs
+//! root, `ip`, `tc`, `docker-registry` and a built `shoald`:
 //!
 //! ```sh
 //! cargo build --release -p shoal-daemon -p shoal-benches && \

@@ -462,7 +462,7 @@ impl Bench {
         })
     }
 
-    /// Starts the timed part: pulls on the `which` nodes from `base`, with the origin's
+    /// Starts the timed part: pulls on the `which` nodes from `base`, with the network's
     /// counters read just before and the timeline sampled from then on.
     fn start_timed(&self, which: &[usize], base: &str, daemons: &[Daemon]) -> Result<TimedPulls> {
         let net_before = self.net_counters()?;
@@ -475,8 +475,8 @@ impl Bench {
         })
     }
 
-    /// Waits for the timed pulls; their times, the network counters' change meanwhile, and the
-    /// timeline. The sampler stops even when a pull failed.
+    /// Waits for the timed pulls; their times, the change in the network's counters
+    /// meanwhile, and the timeline. The sampler stops even when a pull failed.
     fn finish_timed(&self, timed: TimedPulls) -> Result<TimedResult> {
         let times = Bench::collect(timed.pulls);
         let timeline = timed.sampler.finish();
