@@ -31,7 +31,7 @@
 //!
 //! Layout: this file holds the state and the public API; `events.rs` applies events,
 //! `policy.rs` decides what to request next, `membership.rs` keeps the interested set,
-//! `rendezvous.rs` assigns chunks to owners.
+//! `rendezvous.rs` assigns chunks to owners; `tests/` drives them with virtual time.
 
 mod events;
 mod membership;
