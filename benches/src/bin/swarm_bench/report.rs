@@ -57,23 +57,11 @@ pub fn row(r: &ScenarioResult) -> String {
         (
             format!("{:.0} MiB", r.peak_rss as f64 / 1048576.0),
             format!("{:.1}", r.cpu_secs),
-            format!(
-                "{:.2} % of {}",
-                100.0 * r.udp.dropped as f64 / r.udp.received.max(1) as f64,
-                r.udp.received
-            ),
+            share_of(r.udp.dropped, r.udp.received),
         )
     };
-    let retransmitted = format!(
-        "{:.2} % of {}",
-        100.0 * r.origin_tcp.retransmitted as f64 / r.origin_tcp.sent.max(1) as f64,
-        r.origin_tcp.sent
-    );
-    let link_drops = format!(
-        "{:.2} % of {}",
-        100.0 * r.shapers.dropped as f64 / (r.shapers.sent + r.shapers.dropped).max(1) as f64,
-        r.shapers.sent + r.shapers.dropped
-    );
+    let retransmitted = share_of(r.origin_tcp.retransmitted, r.origin_tcp.sent);
+    let link_drops = share_of(r.shapers.dropped, r.shapers.sent + r.shapers.dropped);
     let busy = r
         .cpu_busy
         .map_or_else(|| "—".to_owned(), |b| format!("{:.0} %", 100.0 * b));
@@ -86,6 +74,14 @@ pub fn row(r: &ScenarioResult) -> String {
         r.max() / r.t_limit,
         r.egress as f64 / 1048576.0,
         r.egress as f64 / r.model_bytes as f64,
+    )
+}
+
+/// A counter column: `part` as a share of `total`, and the total ("x.xx % of N").
+fn share_of(part: u64, total: u64) -> String {
+    format!(
+        "{:.2} % of {total}",
+        100.0 * part as f64 / total.max(1) as f64
     )
 }
 
