@@ -17,7 +17,7 @@ use shoal_proto::Digest;
 
 const PIECE: usize = 1 << 20; // what the network hands the writer at a time, roughly
 const RUNS: usize = 5;
-const CHUNK_SIZES_KIB: [u32; 5] = [256, 1024, 2048, 4096, 16384];
+const CHUNK_SIZES_KIB: [u32; 6] = [256, 512, 1024, 2048, 4096, 16384];
 /// The criterion pass's blob: 512 MiB per iteration would make its sampling take minutes.
 const CRITERION_MIB: usize = 64;
 

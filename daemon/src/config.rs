@@ -105,7 +105,7 @@ pub struct Config {
     pub max_disk: u64,
 
     /// Chunk size for new blobs (64KiB..64MiB).
-    #[arg(long, env = "SHOAL_CHUNK_SIZE", value_name = "SIZE", default_value = "1MiB", value_parser = parse_chunk_size)]
+    #[arg(long, env = "SHOAL_CHUNK_SIZE", value_name = "SIZE", default_value = "512KiB", value_parser = parse_chunk_size)]
     pub chunk_size: u64,
 
     /// How long a tag→digest resolution is trusted before asking the upstream again.

@@ -8,14 +8,15 @@
 use std::fmt;
 use std::ops::Range;
 
-/// Default chunk size: 1 MiB. Ingest costs the same from 1 to 16 MiB; in the swarm a
-/// chunk is relayed only once whole, so smaller chunks reach the next node sooner.
-/// Simulated, 4 -> 2 -> 1 MiB: 8-node cold start 1.26x -> 1.15x -> 1.11x T_limit, 1000
-/// nodes cold 1.61x (2 MiB, session 8) and 1.44x -> 1.34x (sessions 10 and 12), warm
-/// 1.36x -> 1.31x. On the CPU-bound 8-node emulation 1 MiB was as fast cold and 0.05-0.15x
-/// faster warm than 2 MiB, with a third less memory. Each halving about doubles the
-/// scheduler's work per blob. See `benches/RESULTS.md`.
-pub const DEFAULT_CHUNK_SIZE: u32 = 1024 * 1024;
+/// Default chunk size: 512 KiB. A chunk is relayed only once whole, so smaller chunks
+/// reach the next node sooner; each halving about doubles the scheduler's work per blob
+/// and the messages per byte. Simulated, 4 -> 2 -> 1 MiB: 8-node cold start 1.26x ->
+/// 1.15x -> 1.11x T_limit, 1000 nodes cold 1.61x -> 1.44x -> 1.34x. Emulated (8 nodes,
+/// 200 Mbit/s, 512 MiB, one 2-core machine, the daemons CPU-bound): 1 MiB was 0.05-0.15x
+/// faster warm than 2 MiB; 512 KiB then took the warm start from 1.12-1.15x (median
+/// 1.14) to 1.12-1.13x, cold no slower; 256 KiB made the cold start 1.29-1.36x. Ingest
+/// costs about the same from 512 KiB up. See `benches/RESULTS.md`, sessions 8, 12, 27.
+pub const DEFAULT_CHUNK_SIZE: u32 = 512 * 1024;
 
 /// Smallest chunk size accepted in configuration (64 KiB).
 pub const MIN_CHUNK_SIZE: u32 = 64 * 1024;
@@ -24,8 +25,8 @@ pub const MIN_CHUNK_SIZE: u32 = 64 * 1024;
 pub const MAX_CHUNK_SIZE: u32 = 64 * 1024 * 1024;
 
 /// Most chunks a blob is cut into while the chunk size can still grow: 131,072 hashes
-/// make a 4 MiB `Index` frame, half of [`crate::wire::MAX_FRAME`]. With 1 MiB chunks
-/// this is 128 GiB; a larger blob gets larger chunks (see [`ChunkLayout::for_blob`]),
+/// make a 4 MiB `Index` frame, half of [`crate::wire::MAX_FRAME`]. With 512 KiB chunks
+/// this is 64 GiB; a larger blob gets larger chunks (see [`ChunkLayout::for_blob`]),
 /// so every blob up to 8 TiB has an index a peer can send and its chunks stay
 /// verifiable one by one.
 pub const MAX_INDEX_CHUNKS: u32 = 128 * 1024;
@@ -132,7 +133,7 @@ mod tests {
     #[test]
     fn a_blob_keeps_the_configured_chunk_size_until_its_index_would_outgrow_the_limit() {
         const MIB: u64 = 1024 * 1024;
-        let one_mib = DEFAULT_CHUNK_SIZE;
+        let one_mib = MIB as u32;
         let limit = u64::from(MAX_INDEX_CHUNKS) * MIB;
         assert_eq!(ChunkLayout::for_blob(0, one_mib).chunk_size, one_mib);
         assert_eq!(ChunkLayout::for_blob(limit, one_mib).chunk_size, one_mib);

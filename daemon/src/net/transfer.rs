@@ -43,10 +43,11 @@ const CLOSE_PROTOCOL: u32 = 0x5350;
 const UPLOAD_PIECE: u64 = 256 * 1024;
 
 /// Idle chunk buffers kept for the next fetches: the node-wide peer requests in flight
-/// (`swarm::tuning::MAX_PEER_REQUESTS`, 12) and a few more, at the default 1 MiB chunks.
+/// (`swarm::tuning::MAX_PEER_REQUESTS`, 12) and a few more, at chunks of up to 1 MiB
+/// (the default is 512 KiB).
 const CHUNK_BUFFERS_RETAINED: usize = 16 << 20;
-/// Idle upload pieces kept: what the default 8 upload slots have in flight at 1 MiB
-/// chunks, and as much again waiting for acknowledgement.
+/// Idle upload pieces kept: what the default 8 upload slots have in flight at chunks of
+/// up to 1 MiB, and as much again waiting for acknowledgement.
 const UPLOAD_BUFFERS_RETAINED: usize = 16 << 20;
 
 /// How long a new connection may take to present its `Hello`.

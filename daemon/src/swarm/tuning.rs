@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::scheduler;
 
 /// Peer chunk requests in flight at once across all downloads of this node. Each holds a
-/// chunk in memory until written, so this bounds memory (12 chunks: 12 MiB at 1 MiB).
+/// chunk in memory until written, so this bounds memory (12 chunks: 6 MiB at the default
+/// 512 KiB).
 pub const MAX_PEER_REQUESTS: usize = 12;
 /// Providers this node links to on its own initiative per download; peers that link
 /// to it are accepted beyond that (they are interested nodes of a cold start).

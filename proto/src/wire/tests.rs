@@ -110,9 +110,9 @@ fn interested_lists_are_capped_both_ways() {
 
 #[test]
 fn the_index_of_a_blob_too_large_for_default_chunks_still_fits_a_frame() {
-    // 1 TiB at the default 1 MiB would be 1,048,576 hashes (32 MiB): over MAX_FRAME.
+    // 1 TiB at the default 512 KiB would be 2,097,152 hashes (64 MiB): over MAX_FRAME.
     let layout = ChunkLayout::for_blob(1 << 40, crate::DEFAULT_CHUNK_SIZE);
-    assert_eq!(layout.chunk_size, 8 * crate::DEFAULT_CHUNK_SIZE);
+    assert_eq!(layout.chunk_size, 8 << 20);
     assert_eq!(layout.count(), crate::chunk::MAX_INDEX_CHUNKS);
     let index = Message::Index {
         digest: d(1),

@@ -40,7 +40,7 @@ struct Args {
     #[arg(long)]
     origin_rate: Option<String>,
     /// Chunk size.
-    #[arg(long, default_value = "1MiB", value_parser = shoal_daemon::config::parse_size)]
+    #[arg(long, default_value = "512KiB", value_parser = shoal_daemon::config::parse_size)]
     chunk_size: u64,
     /// One-way latency between any two hosts.
     #[arg(long, default_value = "500us", value_parser = humantime::parse_duration)]
@@ -163,10 +163,10 @@ fn main() -> Result<()> {
     let model: u64 = layer_sizes.iter().sum();
     let t_limit = model as f64 / rate;
     println!(
-        "model {} MiB in {} layers, chunk {} MiB, link {}, origin {}, latency {:?}, step {:?}; T_limit {:.1} s\n",
+        "model {} MiB in {} layers, chunk {} KiB, link {}, origin {}, latency {:?}, step {:?}; T_limit {:.1} s\n",
         model >> 20,
         args.layers,
-        args.chunk_size >> 20,
+        args.chunk_size >> 10,
         args.rate,
         args.origin_rate.as_deref().unwrap_or(&args.rate),
         args.latency,
