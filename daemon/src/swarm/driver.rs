@@ -28,7 +28,9 @@ use tracing::Instrument as _;
 use super::links::{self, LinkUpdate};
 use super::partial::{PartialBlob, Partials};
 use super::scheduler::{self, Action, Event, NodeId, Scheduler, Source};
-use super::tuning::{origin_frontier, origin_requests_alone, peer_requests_per_download};
+use super::tuning::{
+    origin_frontier, origin_requests_alone, peer_requests_per_download, shared_origin_requests,
+};
 use super::writer::{spawn_writer, write, Fetched, WriteJob};
 use super::{Context, DownloadError, Progress};
 use crate::net::discovery::Discovery;
@@ -181,6 +183,7 @@ impl Run {
         let config = scheduler::Config {
             // The same origin bytes in flight when a huge blob's chunks are larger.
             max_origin_requests: origin_requests_alone(layout.chunk_size),
+            shared_origin_requests: shared_origin_requests(layout.chunk_size),
             origin_frontier: origin_frontier(self.swarm.partials.count()),
             max_peer_requests: peer_requests_per_download(self.swarm.partials.count()),
             ..self.swarm.config.clone()

@@ -18,8 +18,8 @@ pub const MAX_LINKED: usize = 32;
 /// period is only for live peers that are slow to announce, and under a congested origin
 /// (tens of nodes sharing it) a chunk can take many seconds. 8 MiB of origin ranges
 /// per blob (`origin_requests_alone`) keep the origin link busy for a node downloading
-/// alone; with others downloading too, one (`shared_origin_requests`) keeps chunks from
-/// all finishing late at once, which would delay passing them on to peers.
+/// alone; with others downloading too, 1 MiB worth (`shared_origin_requests`) keeps
+/// chunks from all finishing late at once, which would delay passing them on to peers.
 ///
 /// `chunk_size` is the store's; a blob too large for one index frame has larger chunks
 /// (`ChunkLayout::for_blob`), and its download sets `origin_requests_alone` again.
@@ -27,6 +27,7 @@ pub fn scheduler_config(chunk_size: u32) -> scheduler::Config {
     scheduler::Config {
         assignment_grace: Duration::from_secs(30),
         max_origin_requests: origin_requests_alone(chunk_size),
+        shared_origin_requests: shared_origin_requests(chunk_size),
         // One request per peer at a time: chunks shared by many requesters then finish
         // one after another and are relayed early, instead of all arriving together late
         // (simulated, 8 nodes: warm 1.81x -> 1.45x T_limit, cold 1.78x -> 1.44x with
@@ -46,6 +47,21 @@ pub fn scheduler_config(chunk_size: u32) -> scheduler::Config {
 /// before its first byte; keeping the bytes in flight, not the count of ranges, fixed
 /// keeps a lone node's origin throughput whatever the chunk size.
 const ORIGIN_BYTES_ALONE: u64 = 8 * 1024 * 1024;
+
+/// Origin bytes a download keeps in flight while other nodes download the blob too: one
+/// range of the 1 MiB chunks this was tuned with. With one 512 KiB range per node the
+/// origin's TCP flows stopped and started twice as often, and in the emulated 8-node
+/// cold start its uplink ran at a median 0.92 of the link rate (18 runs) against 0.94
+/// with 1 MiB chunks; two ranges brought it back to 0.94 (six runs; benches/RESULTS.md,
+/// session 27). Simulated, which has no TCP, it is the same either way.
+const ORIGIN_BYTES_SHARED: u64 = 1024 * 1024;
+
+/// Origin ranges in flight for a download shared with other nodes
+/// ([`scheduler::Config::shared_origin_requests`]): 1 MiB worth, from 1 to 4 ranges.
+pub fn shared_origin_requests(chunk_size: u32) -> usize {
+    let ranges = ORIGIN_BYTES_SHARED / u64::from(chunk_size.max(1));
+    usize::try_from(ranges).unwrap_or(usize::MAX).clamp(1, 4)
+}
 
 /// Origin ranges in flight for a download alone ([`scheduler::Config::max_origin_requests`]):
 /// 8 MiB worth, from 2 to 16 ranges.
@@ -134,5 +150,15 @@ mod tests {
         assert_eq!(origin_requests_alone(mib), 8);
         assert_eq!(origin_requests_alone(64 * 1024), 16);
         assert_eq!(origin_requests_alone(64 * mib), 2);
+    }
+
+    #[test]
+    fn a_shared_download_keeps_1_mib_of_origin_ranges_in_flight() {
+        let kib = 1024;
+        assert_eq!(shared_origin_requests(4096 * kib), 1);
+        assert_eq!(shared_origin_requests(1024 * kib), 1);
+        assert_eq!(shared_origin_requests(512 * kib), 2);
+        assert_eq!(shared_origin_requests(256 * kib), 4);
+        assert_eq!(shared_origin_requests(64 * kib), 4);
     }
 }
