@@ -2,8 +2,8 @@
 //!
 //! shoald maps every allocation of 256 KiB or more by itself (the `mallopt` in
 //! `main.rs`, which keeps RSS low), so a fresh chunk buffer (512 KiB by default) is a
-//! fresh mapping: 128 page faults on first touch and an `munmap` when dropped, for every chunk
-//! received or uploaded and every piece streamed to a local client. Profiles of the emulated
+//! fresh mapping: 128 page faults on first touch and an `munmap` when dropped, for every
+//! chunk received or uploaded and every piece streamed to a local client. Profiles of the emulated
 //! benchmark put those faults and unmaps at a fifth of a receiving daemon's CPU
 //! (benches/RESULTS.md, sessions 14, 16 and 19). A pool hands the same few buffers
 //! round instead; a buffer frozen into [`Bytes`] comes back when its last clone drops.

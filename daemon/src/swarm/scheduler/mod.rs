@@ -91,7 +91,8 @@ pub struct Config {
     /// Outstanding origin requests when other nodes download the blob too (a cold
     /// start): the origin's uplink is shared, so each range is slow, and fewer at once
     /// means each finishes sooner and reaches the other nodes sooner (simulated: 8
-    /// nodes 1.71x -> 1.44x T_limit going from 2 to 1).
+    /// nodes 1.71x -> 1.44x T_limit going from 2 to 1, with 4 MiB chunks). The daemon
+    /// sets 1 MiB worth (`swarm::tuning::shared_origin_requests`): two 512 KiB ranges.
     pub shared_origin_requests: usize,
 
     /// A peer request unanswered for this long is cancelled and retried elsewhere.
