@@ -28,9 +28,7 @@ use tracing::Instrument as _;
 use super::links::{self, LinkUpdate};
 use super::partial::{PartialBlob, Partials};
 use super::scheduler::{self, Action, Event, NodeId, Scheduler, Source};
-use super::tuning::{
-    origin_frontier, origin_requests_alone, peer_requests_per_download, shared_origin_requests,
-};
+use super::tuning::{origin_frontier, peer_requests_per_download, with_origin_ranges};
 use super::writer::{spawn_writer, write, Fetched, WriteJob};
 use super::{Context, DownloadError, Progress};
 use crate::net::discovery::Discovery;
@@ -181,12 +179,10 @@ impl Run {
         self.partial.set_layout(layout, file.clone());
         // The blobs a client pulls together start within the settle of each other.
         let config = scheduler::Config {
-            // The same origin bytes in flight when a huge blob's chunks are larger.
-            max_origin_requests: origin_requests_alone(layout.chunk_size),
-            shared_origin_requests: shared_origin_requests(layout.chunk_size),
             origin_frontier: origin_frontier(self.swarm.partials.count()),
             max_peer_requests: peer_requests_per_download(self.swarm.partials.count()),
-            ..self.swarm.config.clone()
+            // The same origin bytes in flight when a huge blob's chunks are larger.
+            ..with_origin_ranges(self.swarm.config.clone(), layout.chunk_size)
         };
         let mut sched = Scheduler::new(self.swarm.me, layout, index.is_some(), config)
             .with_salt(scheduler::salt_of(&digest));

@@ -22,12 +22,11 @@ pub const MAX_LINKED: usize = 32;
 /// chunks from all finishing late at once, which would delay passing them on to peers.
 ///
 /// `chunk_size` is the store's; a blob too large for one index frame has larger chunks
-/// (`ChunkLayout::for_blob`), and its download sets `origin_requests_alone` again.
+/// (`ChunkLayout::for_blob`), and its download sets the origin counts again
+/// ([`with_origin_ranges`]).
 pub fn scheduler_config(chunk_size: u32) -> scheduler::Config {
-    scheduler::Config {
+    let config = scheduler::Config {
         assignment_grace: Duration::from_secs(30),
-        max_origin_requests: origin_requests_alone(chunk_size),
-        shared_origin_requests: shared_origin_requests(chunk_size),
         // One request per peer at a time: chunks shared by many requesters then finish
         // one after another and are relayed early, instead of all arriving together late
         // (simulated, 8 nodes: warm 1.81x -> 1.45x T_limit, cold 1.78x -> 1.44x with
@@ -39,6 +38,18 @@ pub fn scheduler_config(chunk_size: u32) -> scheduler::Config {
         origin_frontier: origin_frontier(1),
         large_swarm: LARGE_SWARM,
         ..scheduler::Config::default()
+    };
+    with_origin_ranges(config, chunk_size)
+}
+
+/// `config` with its origin request counts for a blob cut into `chunk_size` chunks: both
+/// are counted in bytes, so a blob with larger chunks keeps the same origin bytes in
+/// flight.
+pub fn with_origin_ranges(config: scheduler::Config, chunk_size: u32) -> scheduler::Config {
+    scheduler::Config {
+        max_origin_requests: origin_requests_alone(chunk_size),
+        shared_origin_requests: shared_origin_requests(chunk_size),
+        ..config
     }
 }
 
@@ -59,15 +70,18 @@ const ORIGIN_BYTES_SHARED: u64 = 1024 * 1024;
 /// Origin ranges in flight for a download shared with other nodes
 /// ([`scheduler::Config::shared_origin_requests`]): 1 MiB worth, from 1 to 4 ranges.
 pub fn shared_origin_requests(chunk_size: u32) -> usize {
-    let ranges = ORIGIN_BYTES_SHARED / u64::from(chunk_size.max(1));
-    usize::try_from(ranges).unwrap_or(usize::MAX).clamp(1, 4)
+    ranges_worth(ORIGIN_BYTES_SHARED, chunk_size).clamp(1, 4)
 }
 
 /// Origin ranges in flight for a download alone ([`scheduler::Config::max_origin_requests`]):
 /// 8 MiB worth, from 2 to 16 ranges.
 pub fn origin_requests_alone(chunk_size: u32) -> usize {
-    let ranges = ORIGIN_BYTES_ALONE / u64::from(chunk_size.max(1));
-    usize::try_from(ranges).unwrap_or(usize::MAX).clamp(2, 16)
+    ranges_worth(ORIGIN_BYTES_ALONE, chunk_size).clamp(2, 16)
+}
+
+/// Origin ranges (one chunk each) that make `bytes`, rounded down.
+fn ranges_worth(bytes: u64, chunk_size: u32) -> usize {
+    usize::try_from(bytes / u64::from(chunk_size.max(1))).unwrap_or(usize::MAX)
 }
 
 /// Peer requests in flight for one download while `concurrent` swarm downloads run on
