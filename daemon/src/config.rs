@@ -12,6 +12,10 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
+/// `--chunk-size`'s default as written: [`shoal_proto::DEFAULT_CHUNK_SIZE`] (a test keeps
+/// them one value). The benchmark and the simulator take it as their default too.
+pub const DEFAULT_CHUNK_SIZE_ARG: &str = "512KiB";
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,7 +109,7 @@ pub struct Config {
     pub max_disk: u64,
 
     /// Chunk size for new blobs (64KiB..64MiB).
-    #[arg(long, env = "SHOAL_CHUNK_SIZE", value_name = "SIZE", default_value = "512KiB", value_parser = parse_chunk_size)]
+    #[arg(long, env = "SHOAL_CHUNK_SIZE", value_name = "SIZE", default_value = DEFAULT_CHUNK_SIZE_ARG, value_parser = parse_chunk_size)]
     pub chunk_size: u64,
 
     /// How long a tag→digest resolution is trusted before asking the upstream again.

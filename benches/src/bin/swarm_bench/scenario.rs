@@ -29,7 +29,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "4")]
     pub layers: usize,
     /// shoald's chunk size.
-    #[arg(long, default_value = "512KiB")]
+    #[arg(long, default_value = shoal_daemon::config::DEFAULT_CHUNK_SIZE_ARG)]
     pub chunk_size: String,
     /// Scenarios to run, in order.
     #[arg(long, value_delimiter = ',', default_value = "direct,cold,warm,churn")]

@@ -40,7 +40,7 @@ struct Args {
     #[arg(long)]
     origin_rate: Option<String>,
     /// Chunk size.
-    #[arg(long, default_value = "512KiB", value_parser = shoal_daemon::config::parse_size)]
+    #[arg(long, default_value = shoal_daemon::config::DEFAULT_CHUNK_SIZE_ARG, value_parser = shoal_daemon::config::parse_size)]
     chunk_size: u64,
     /// One-way latency between any two hosts.
     #[arg(long, default_value = "500us", value_parser = humantime::parse_duration)]
