@@ -23,7 +23,7 @@ pub const MAX_LINKED: usize = 32;
 ///
 /// `chunk_size` is the store's; a blob too large for one index frame has larger chunks
 /// (`ChunkLayout::for_blob`), and its download sets the origin counts again
-/// ([`with_origin_ranges`]).
+/// (`with_origin_ranges`).
 pub fn scheduler_config(chunk_size: u32) -> scheduler::Config {
     let config = scheduler::Config {
         assignment_grace: Duration::from_secs(30),
