@@ -19,16 +19,8 @@ fn rarest_chunks_first() {
     let acts = s.handle_batch(
         ms(0),
         [
-            Event::PeerBitfield {
-                peer: B,
-                chunks: bits(8, |c| c < 4),
-                downloading: false,
-            },
-            Event::PeerBitfield {
-                peer: A,
-                chunks: bits(8, |_| true),
-                downloading: false,
-            },
+            holding(B, bits(8, |c| c < 4)),
+            holding(A, bits(8, |_| true)),
         ],
     );
     let reqs = requests(&acts);
@@ -47,11 +39,7 @@ fn rarest_chunks_first() {
 /// the old one and a departed peer's chunks stop counting.
 #[test]
 fn rarity_follows_resent_bitfields_and_departures() {
-    let bitfield = |peer: u64, have: fn(u32) -> bool| Event::PeerBitfield {
-        peer: NodeId(peer),
-        chunks: bits(8, have),
-        downloading: false,
-    };
+    let bitfield = |peer: u64, have: fn(u32) -> bool| holding(NodeId(peer), bits(8, have));
     let mut s = Scheduler::new(ME, layout(8), true, seeds_only());
     let acts = s.handle_batch(
         ms(0),
@@ -93,14 +81,7 @@ fn streaming_window_goes_first() {
             ..Config::default()
         },
     );
-    let acts = s.handle(
-        ms(0),
-        Event::PeerBitfield {
-            peer: A,
-            chunks: bits(16, |_| true),
-            downloading: false,
-        },
-    );
+    let acts = s.handle(ms(0), holding(A, bits(16, |_| true)));
     assert_eq!(requests(&acts), vec![(Source::Peer(A), 0)]);
     let acts = s.handle(
         ms(5),
@@ -120,11 +101,7 @@ fn status_counts_what_the_download_waits_on() {
         ..Config::default()
     };
     let mut s = Scheduler::new(ME, layout(16), true, cfg);
-    let seed = Event::PeerBitfield {
-        peer: A,
-        chunks: bits(16, |_| true),
-        downloading: false,
-    };
+    let seed = holding(A, bits(16, |_| true));
     let partial = Event::PeerBitfield {
         peer: B,
         chunks: bits(16, |c| c < 8),
@@ -163,14 +140,7 @@ fn origin_only_for_what_no_peer_has() {
             ..seeds_only()
         },
     );
-    let acts = s.handle(
-        ms(0),
-        Event::PeerBitfield {
-            peer: A,
-            chunks: bits(6, |c| c % 2 == 0),
-            downloading: false,
-        },
-    );
+    let acts = s.handle(ms(0), holding(A, bits(6, |c| c % 2 == 0)));
     let origin: HashSet<u32> = requests(&acts)
         .into_iter()
         .filter(|(s, _)| *s == Source::Origin)
@@ -207,25 +177,11 @@ fn endgame_duplicates_the_last_chunk_and_cancels_the_loser() {
             ..seeds_only()
         },
     );
-    let first = requests(&s.handle(
-        ms(0),
-        Event::PeerBitfield {
-            peer: A,
-            chunks: bits(2, |_| true),
-            downloading: false,
-        },
-    ));
+    let first = requests(&s.handle(ms(0), holding(A, bits(2, |_| true))));
     assert_eq!(first.len(), 1);
     let (_, a_chunk) = first[0];
     // B joins: it takes the other chunk...
-    let acts = s.handle(
-        ms(1),
-        Event::PeerBitfield {
-            peer: B,
-            chunks: bits(2, |_| true),
-            downloading: false,
-        },
-    );
+    let acts = s.handle(ms(1), holding(B, bits(2, |_| true)));
     let (_, b_chunk) = requests(&acts)[0];
     assert_ne!(a_chunk, b_chunk);
     // ...and once it delivered, with A still busy on the last chunk, B duplicates it.

@@ -17,24 +17,10 @@ fn lost_peer_requests_move_to_another_peer() {
             ..seeds_only()
         },
     );
-    let acts = s.handle(
-        ms(0),
-        Event::PeerBitfield {
-            peer: A,
-            chunks: bits(4, |_| true),
-            downloading: false,
-        },
-    );
+    let acts = s.handle(ms(0), holding(A, bits(4, |_| true)));
     let to_a: HashSet<u32> = requests(&acts).into_iter().map(|(_, c)| c).collect();
     assert_eq!(to_a.len(), 4);
-    s.handle(
-        ms(1),
-        Event::PeerBitfield {
-            peer: B,
-            chunks: bits(4, |_| true),
-            downloading: false,
-        },
-    );
+    s.handle(ms(1), holding(B, bits(4, |_| true)));
     let acts = s.handle(ms(2), Event::PeerGone { peer: A });
     let to_b: HashSet<u32> = requests(&acts)
         .into_iter()
@@ -58,21 +44,7 @@ fn bad_chunk_bans_the_peer_and_refetches_elsewhere() {
             ..seeds_only()
         },
     );
-    let acts = s.handle_batch(
-        ms(0),
-        [
-            Event::PeerBitfield {
-                peer: A,
-                chunks: vec![true],
-                downloading: false,
-            },
-            Event::PeerBitfield {
-                peer: B,
-                chunks: vec![true],
-                downloading: false,
-            },
-        ],
-    );
+    let acts = s.handle_batch(ms(0), [holding(A, vec![true]), holding(B, vec![true])]);
     let (first, _) = requests(&acts)[0];
     let Source::Peer(liar) = first else { panic!() };
     let honest = if liar == A { B } else { A };
@@ -89,14 +61,7 @@ fn bad_chunk_bans_the_peer_and_refetches_elsewhere() {
         .any(|a| matches!(a, Action::Ban { peer, .. } if *peer == liar)));
     assert_eq!(requests(&acts), vec![(Source::Peer(honest), 0)]);
     // The liar announcing again changes nothing while banned.
-    let acts = s.handle(
-        ms(6),
-        Event::PeerBitfield {
-            peer: liar,
-            chunks: vec![true],
-            downloading: false,
-        },
-    );
+    let acts = s.handle(ms(6), holding(liar, vec![true]));
     assert!(requests(&acts)
         .iter()
         .all(|(s, _)| *s != Source::Peer(liar)));
@@ -112,23 +77,9 @@ fn timeouts_retry_elsewhere_and_penalise() {
         ..seeds_only()
     };
     let mut s = Scheduler::new(ME, layout(1), true, cfg);
-    let acts = s.handle(
-        ms(0),
-        Event::PeerBitfield {
-            peer: A,
-            chunks: vec![true],
-            downloading: false,
-        },
-    );
+    let acts = s.handle(ms(0), holding(A, vec![true]));
     assert_eq!(requests(&acts), vec![(Source::Peer(A), 0)]);
-    s.handle(
-        ms(10),
-        Event::PeerBitfield {
-            peer: B,
-            chunks: vec![true],
-            downloading: false,
-        },
-    );
+    s.handle(ms(10), holding(B, vec![true]));
     let acts = s.handle(ms(150), Event::Tick);
     assert!(acts.contains(&Action::Cancel {
         source: Source::Peer(A),
@@ -173,14 +124,7 @@ fn corrupt_blob_refetches_peer_chunks_from_origin_only() {
             ..seeds_only()
         },
     );
-    let first = s.handle(
-        ms(0),
-        Event::PeerBitfield {
-            peer: A,
-            chunks: bits(2, |c| c == 0),
-            downloading: false,
-        },
-    );
+    let first = s.handle(ms(0), holding(A, bits(2, |c| c == 0)));
     let pending: Vec<(Source, u32)> = requests(&first);
     assert_eq!(
         pending.len(),

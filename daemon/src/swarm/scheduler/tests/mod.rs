@@ -60,6 +60,15 @@ fn deliver_until_idle(
     (complete, t)
 }
 
+/// A peer that holds `chunks` and is not downloading the blob itself.
+fn holding(peer: NodeId, chunks: Vec<bool>) -> Event {
+    Event::PeerBitfield {
+        peer,
+        chunks,
+        downloading: false,
+    }
+}
+
 fn bits(n: u32, have: impl Fn(u32) -> bool) -> Vec<bool> {
     (0..n).map(have).collect()
 }

@@ -62,11 +62,7 @@ impl World {
     fn with_seed(mut self, chunks: u32) -> World {
         let seed = NodeId::from_peer_bytes(b"seed");
         for (_, events) in &mut self.initial {
-            events.push(Event::PeerBitfield {
-                peer: seed,
-                chunks: vec![true; chunks as usize],
-                downloading: false,
-            });
+            events.push(holding(seed, vec![true; chunks as usize]));
         }
         self.seed = Some(seed);
         self
@@ -262,11 +258,7 @@ fn peer_requests_stay_within_the_download_share() {
             ..seeds_only()
         },
     );
-    let bitfields = peers.iter().map(|&peer| Event::PeerBitfield {
-        peer,
-        chunks: vec![true; 20],
-        downloading: false,
-    });
+    let bitfields = peers.iter().map(|&peer| holding(peer, vec![true; 20]));
     let first = requests(&s.handle_batch(ms(0), bitfields));
     assert_eq!(first.len(), 2, "{first:?}");
 
