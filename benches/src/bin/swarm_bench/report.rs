@@ -26,6 +26,8 @@ pub struct ScenarioResult {
     pub udp: UdpCounters,
     /// Share of the machine's CPU busy while the pulls ran (`timeline.rs`).
     pub cpu_busy: Option<f64>,
+    /// Memory written and freed before the scenario, and how long that took.
+    pub prefault: (u64, std::time::Duration),
 }
 
 impl ScenarioResult {
@@ -113,6 +115,17 @@ pub fn markdown(
         s.push_str(&row(r));
         s.push('\n');
     }
+    s.push_str("\nMemory written and freed before each scenario (`--prefault`; a slow write means the machine had handed it back to its host):");
+    for r in results {
+        let (bytes, took) = r.prefault;
+        s.push_str(&format!(
+            " {} {:.1} GiB in {:.2} s;",
+            r.name,
+            bytes as f64 / (1u64 << 30) as f64,
+            took.as_secs_f64()
+        ));
+    }
+    s.push('\n');
     s
 }
 

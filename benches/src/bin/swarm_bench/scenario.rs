@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::host_memory;
 use crate::netns::{self, snmp_field, Host, Network, ShaperCounters, TcpSegments};
 use crate::report::{self, ScenarioResult};
 use crate::timeline::{Sampler, Timeline};
@@ -52,6 +53,26 @@ pub struct RunArgs {
     /// share: `/dev/shm` takes the shared disk out of the measurement.
     #[arg(long)]
     pub store_dir: Option<PathBuf>,
+    /// Memory to write and free before each scenario, so that none pays for memory the
+    /// machine handed back to its host while idle (`host_memory.rs`): `auto` is
+    /// (nodes + 1) × the model, `0` turns it off.
+    #[arg(long, default_value = "auto", value_parser = parse_prefault)]
+    pub prefault: Prefault,
+}
+
+/// `--prefault`: how much memory to touch before each scenario.
+#[derive(Clone, Copy, Debug)]
+pub enum Prefault {
+    /// What the scenario's stores and the origin will hold.
+    Auto,
+    Bytes(u64),
+}
+
+fn parse_prefault(s: &str) -> Result<Prefault, String> {
+    if s == "auto" {
+        return Ok(Prefault::Auto);
+    }
+    shoal_daemon::config::parse_size(s).map(Prefault::Bytes)
 }
 
 struct Daemon {
@@ -501,8 +522,24 @@ impl Bench {
         Sampler::start(self.origin_pid, pids)
     }
 
+    /// Touches the memory the next scenario will use (`--prefault`); how much, and how
+    /// long the write took.
+    fn prefault(&self) -> (u64, Duration) {
+        let bytes = match self.args.prefault {
+            Prefault::Auto => host_memory::prefault_size(self.net.nodes.len(), self.model_bytes),
+            Prefault::Bytes(b) => b,
+        };
+        (bytes, host_memory::prefault(bytes))
+    }
+
     async fn scenario(&mut self, name: &str) -> Result<ScenarioResult> {
         let all: Vec<usize> = (0..self.net.nodes.len()).collect();
+        let prefault = self.prefault();
+        eprintln!(
+            "prefaulted {:.1} GiB in {:.2} s",
+            prefault.0 as f64 / (1u64 << 30) as f64,
+            prefault.1.as_secs_f64()
+        );
         let origin_base = format!("http://{}:5000", self.net.origin.ip);
         let mirror = "http://127.0.0.1:5050";
         let mut daemons = Vec::new();
@@ -577,6 +614,7 @@ impl Bench {
             cpu_secs: usage.iter().map(|u| u.1).sum(),
             udp,
             cpu_busy: timeline.cpu_busy(),
+            prefault,
         })
     }
 }
