@@ -64,6 +64,14 @@ impl ChunkLayout {
         ChunkLayout::new(size, chunk_size)
     }
 
+    /// Whether some node could have chosen this layout: [`ChunkLayout::for_blob`] with a
+    /// chunk size that `--chunk-size` accepts. A node checks this before downloading a
+    /// blob in a peer's layout, so that a peer cannot make it track chunks of any size.
+    pub fn is_well_formed(&self) -> bool {
+        (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size)
+            && *self == ChunkLayout::for_blob(self.size, self.chunk_size)
+    }
+
     /// Number of chunks.
     pub fn count(&self) -> u32 {
         let n = self.size.div_ceil(u64::from(self.chunk_size));
@@ -153,6 +161,21 @@ mod tests {
             ChunkLayout::for_blob(limit, MAX_CHUNK_SIZE).chunk_size,
             MAX_CHUNK_SIZE
         );
+    }
+
+    #[test]
+    fn a_layout_is_well_formed_when_for_blob_could_have_chosen_it() {
+        const MIB: u32 = 1024 * 1024;
+        assert!(ChunkLayout::for_blob(512 << 20, MIB).is_well_formed());
+        assert!(ChunkLayout::for_blob(512 << 20, MIB / 2).is_well_formed());
+        assert!(ChunkLayout::for_blob(0, MIN_CHUNK_SIZE).is_well_formed());
+        // Below or above what `--chunk-size` accepts.
+        assert!(!ChunkLayout::new(512 << 20, MIN_CHUNK_SIZE / 2).is_well_formed());
+        assert!(!ChunkLayout::new(1 << 30, 2 * MAX_CHUNK_SIZE).is_well_formed());
+        // More chunks than `for_blob` ever makes at that size.
+        let too_many = u64::from(MAX_INDEX_CHUNKS) * u64::from(MIB) + 1;
+        assert!(!ChunkLayout::new(too_many, MIB).is_well_formed());
+        assert!(ChunkLayout::new(too_many, 2 * MIB).is_well_formed());
     }
 
     #[test]

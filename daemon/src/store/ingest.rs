@@ -71,11 +71,11 @@ impl Ingest {
     pub(super) fn begin(
         store: Arc<Store>,
         digest: Digest,
-        size: u64,
+        layout: ChunkLayout,
         media_type: Option<String>,
         resumable: bool,
     ) -> Result<Ingest> {
-        let layout = ChunkLayout::for_blob(size, store.chunk_size);
+        let size = layout.size;
         let staging = if resumable {
             store.partial_path(&digest)
         } else {

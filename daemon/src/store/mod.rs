@@ -24,7 +24,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use shoal_proto::{ChunkIndex, Digest};
+use shoal_proto::{ChunkIndex, ChunkLayout, Digest};
 
 pub use index::{now_secs, PinRecord, TagRecord};
 pub use ingest::Ingest;
@@ -256,13 +256,29 @@ impl Store {
     /// quota first, evicting least recently used unpinned blobs if needed.
     /// The staging file survives a crash and the next call resumes from its verified chunks.
     /// Blocking (it may re-hash the resumed part): call it from a blocking context.
+    /// A partial blob of the same size resumes in the chunk layout it was started in.
     pub fn begin_ingest(
         self: &Arc<Self>,
         digest: Digest,
         size: u64,
         media_type: Option<String>,
     ) -> Result<Ingest> {
-        Ingest::begin(self.clone(), digest, size, media_type, true)
+        let layout = self
+            .partial_layout(&digest)?
+            .filter(|l| l.size == size)
+            .unwrap_or_else(|| ChunkLayout::for_blob(size, self.chunk_size));
+        self.begin_ingest_as(digest, layout, media_type)
+    }
+
+    /// As [`Store::begin_ingest`], in a given chunk layout: a swarm download takes the
+    /// layout its peers hold the blob in, which may not be this node's chunk size.
+    pub fn begin_ingest_as(
+        self: &Arc<Self>,
+        digest: Digest,
+        layout: ChunkLayout,
+        media_type: Option<String>,
+    ) -> Result<Ingest> {
+        Ingest::begin(self.clone(), digest, layout, media_type, true)
     }
 
     /// Starts writing a blob whose bytes arrive from a local client (`shoal import`):
@@ -273,7 +289,8 @@ impl Store {
         size: u64,
         media_type: Option<String>,
     ) -> Result<Ingest> {
-        Ingest::begin(self.clone(), digest, size, media_type, false)
+        let layout = ChunkLayout::for_blob(size, self.chunk_size);
+        Ingest::begin(self.clone(), digest, layout, media_type, false)
     }
 
     /// Stores a small in-memory blob (a manifest) in one go.
@@ -286,8 +303,8 @@ impl Store {
         if let Some(existing) = self.index.blob(&digest)? {
             return Ok(existing);
         }
-        let mut ingest =
-            Ingest::begin(self.clone(), digest, bytes.len() as u64, media_type, false)?;
+        let layout = ChunkLayout::for_blob(bytes.len() as u64, self.chunk_size);
+        let mut ingest = Ingest::begin(self.clone(), digest, layout, media_type, false)?;
         ingest.write(bytes)?;
         ingest.commit()
     }
@@ -306,6 +323,17 @@ impl Store {
     /// Size of a partial (resumable) blob left by an earlier download, if any.
     pub fn partial_size(&self, digest: &Digest) -> Result<Option<u64>> {
         Ok(self.index.partial(digest)?.map(|p| p.size))
+    }
+
+    /// The chunk layout a partial blob was started in, if there is one. A record whose
+    /// chunk size no configuration could give falls back to this node's chunk size,
+    /// which discards the partial's chunks when it is resumed.
+    pub fn partial_layout(&self, digest: &Digest) -> Result<Option<ChunkLayout>> {
+        Ok(self.index.partial(digest)?.map(|p| {
+            Some(ChunkLayout::new(p.size, p.chunk_size))
+                .filter(ChunkLayout::is_well_formed)
+                .unwrap_or_else(|| ChunkLayout::for_blob(p.size, self.chunk_size))
+        }))
     }
 
     /// Removes a committed blob (pinned or not). `Ok(false)` if it was not committed.

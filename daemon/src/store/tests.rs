@@ -210,6 +210,41 @@ fn resume_keeps_chunks_after_a_gap() {
     assert_eq!(ingest.commit().unwrap().digest, d);
 }
 
+/// A swarm download may take its peers' chunk size (an upgrade changed the default);
+/// after a restart the partial resumes in that layout, on either download path, and the
+/// committed blob's index keeps it.
+#[test]
+fn a_partial_in_another_chunk_size_resumes_in_that_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = shoal_proto::ChunkLayout::for_blob(CHUNK as u64 * 8, 2 * CHUNK);
+    let bytes = data(theirs.size as usize);
+    let d = digest_of(&bytes);
+    let chunk = |i: u32| {
+        &bytes[theirs.range(i).unwrap().start as usize..theirs.range(i).unwrap().end as usize]
+    };
+    {
+        let store = open(dir.path(), 0);
+        let mut ingest = store.begin_ingest_as(d, theirs, None).unwrap();
+        ingest.write_chunk(0, chunk(0), None).unwrap();
+        ingest.write_chunk(2, chunk(2), None).unwrap();
+    }
+    let store = open(dir.path(), 0);
+    assert_eq!(store.partial_layout(&d).unwrap(), Some(theirs));
+    {
+        // The origin's path (`begin_ingest`) resumes it too, in its layout.
+        let ingest = store.begin_ingest(d, bytes.len() as u64, None).unwrap();
+        assert_eq!(ingest.present_chunks().collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(ingest.offset(), 2 * CHUNK as u64);
+    }
+    let mut ingest = store.begin_ingest_as(d, theirs, None).unwrap();
+    assert_eq!(ingest.present_chunks().collect::<Vec<_>>(), vec![0, 2]);
+    ingest.write_chunk(1, chunk(1), None).unwrap();
+    ingest.write_chunk(3, chunk(3), None).unwrap();
+    let record = ingest.commit().unwrap();
+    assert_eq!(record.chunks.layout, theirs);
+    assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), bytes);
+}
+
 #[test]
 fn pins_hold_shared_blobs_until_the_last_pin_goes_and_gc_respects_them() {
     let dir = tempfile::tempdir().unwrap();

@@ -171,7 +171,7 @@ impl Run {
         let store = self.ctx.store.clone();
         let digest = self.digest;
         let ingest =
-            tokio::task::spawn_blocking(move || store.begin_ingest(digest, layout.size, None))
+            tokio::task::spawn_blocking(move || store.begin_ingest_as(digest, layout, None))
                 .await
                 .map_err(|e| DownloadError::Task(e.to_string()))??;
         let resumed = ingest.offset();
@@ -358,18 +358,17 @@ impl Run {
         }
     }
 
-    /// Size and chunking: from a resumed partial, a peer, or the origin.
+    /// Size and chunking: from a resumed partial, the peers, or the origin.
     async fn layout(&self, linked: &[LinkedPeer]) -> Result<ChunkLayout, DownloadError> {
         let chunk_size = self.ctx.store.chunk_size();
-        if let Some(size) = self.ctx.store.partial_size(&self.digest)? {
-            return Ok(ChunkLayout::for_blob(size, chunk_size));
+        if let Some(layout) = self.ctx.store.partial_layout(&self.digest)? {
+            return Ok(layout);
         }
-        if let Some(l) = linked
+        let offers = linked
             .iter()
-            .filter_map(|(_, link)| link.layout)
-            .find(|l| *l == ChunkLayout::for_blob(l.size, chunk_size))
-        {
-            return Ok(l);
+            .filter_map(|(_, link)| Some((link.layout?, links::is_complete(link))));
+        if let Some(layout) = links::shared_layout(offers, chunk_size) {
+            return Ok(layout);
         }
         let size = self
             .ctx

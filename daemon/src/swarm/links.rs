@@ -53,6 +53,25 @@ pub(super) async fn link_provider(
         .map_err(|_| NetError::Connection(format!("peer {} did not answer", provider.peer)))?
 }
 
+/// The chunk layout to download a blob in, from the layouts linked peers hold it in
+/// (with whether they hold all of it): a complete peer's first, then one in this node's
+/// `chunk_size`, then any. Peers trade a blob only in one layout, so a node configured
+/// with another chunk size than the fleet's (an upgrade that changed the default) takes
+/// theirs rather than going to the origin alone. `None` without a well-formed offer.
+pub(super) fn shared_layout(
+    offers: impl IntoIterator<Item = (ChunkLayout, bool)>,
+    chunk_size: u32,
+) -> Option<ChunkLayout> {
+    offers
+        .into_iter()
+        .filter(|(layout, _)| layout.is_well_formed())
+        .max_by_key(|&(layout, complete)| {
+            let ours = layout == ChunkLayout::for_blob(layout.size, chunk_size);
+            (complete, ours)
+        })
+        .map(|(layout, _)| layout)
+}
+
 /// A peer's have-map as scheduler chunks, when its layout matches ours.
 pub(super) fn bitfield_event(
     peer: NodeId,
@@ -289,5 +308,48 @@ pub(super) async fn dial_back(
             None
         }
         Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u32 = 1024 * 1024;
+    const SIZE: u64 = 300 << 20;
+
+    #[test]
+    fn a_download_takes_a_complete_peers_layout_over_its_own_chunk_size() {
+        let old = ChunkLayout::for_blob(SIZE, MIB);
+        let ours = ChunkLayout::for_blob(SIZE, MIB / 2);
+        // A seed filled before an upgrade, and a downloader in the new size.
+        let offers = [(old, true), (ours, false)];
+        assert_eq!(shared_layout(offers, MIB / 2), Some(old));
+        assert_eq!(shared_layout(offers.into_iter().rev(), MIB / 2), Some(old));
+    }
+
+    #[test]
+    fn among_equals_a_download_keeps_its_own_chunk_size() {
+        let other = ChunkLayout::for_blob(SIZE, MIB);
+        let ours = ChunkLayout::for_blob(SIZE, MIB / 2);
+        for complete in [false, true] {
+            let offers = [(other, complete), (ours, complete)];
+            assert_eq!(shared_layout(offers, MIB / 2), Some(ours));
+            assert_eq!(shared_layout(offers.into_iter().rev(), MIB / 2), Some(ours));
+        }
+        // Only another size on offer: joining it beats fetching alone.
+        assert_eq!(shared_layout([(other, false)], MIB / 2), Some(other));
+        assert_eq!(shared_layout([], MIB / 2), None);
+    }
+
+    #[test]
+    fn a_layout_no_configuration_gives_is_never_taken() {
+        let tiny = ChunkLayout::new(SIZE, 4096);
+        let ours = ChunkLayout::for_blob(SIZE, MIB / 2);
+        assert_eq!(shared_layout([(tiny, true)], MIB / 2), None);
+        assert_eq!(
+            shared_layout([(tiny, true), (ours, false)], MIB / 2),
+            Some(ours)
+        );
     }
 }

@@ -9,14 +9,28 @@ use crate::common::swarm::Swarm;
 /// A 2-node swarm (Kademlia's smallest case): B gets a blob from A with the origin down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_blob_from_peer_with_origin_down() {
+    b_gets_the_blob_from_a_with_the_origin_down(90, &[]).await;
+}
+
+/// After an upgrade that changed the chunk size: B, at the default 512 KiB, gets a blob
+/// that A stored in 1 MiB chunks, from A, with the origin down (peers trade a blob only
+/// in one layout, so B takes A's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_chunk_size_takes_the_blob_from_a_peer() {
+    b_gets_the_blob_from_a_with_the_origin_down(93, &["--chunk-size", "1MiB"]).await;
+}
+
+/// A (started with `a_args`) pulls a 9 MiB blob from the origin; then, with the origin
+/// down, B pulls it: every byte from A, none from the origin.
+async fn b_gets_the_blob_from_a_with_the_origin_down(seed: u64, a_args: &[&str]) {
     let Some(mut swarm) = Swarm::origin().await else {
         return;
     };
-    let model = oci::model(90, &[9 * 1024 * 1024 + 123]);
+    let model = oci::model(seed, &[9 * 1024 * 1024 + 123]);
     Pusher::new(&swarm.registry.host(), None)
         .artifact("models/two", "v1", &model)
         .await;
-    swarm.add_node(None, &[]).await;
+    swarm.add_node(None, a_args).await;
     swarm.add_node(None, &[]).await;
     swarm.wait_peers(1, 1).await;
     let layer = &model.layers[0];
