@@ -1,48 +1,113 @@
-//! Touching the memory a scenario is about to use, before it is timed.
+//! Keeping the memory a scenario fills backed by the host while it is timed.
 //!
-//! On a virtual machine with free page reporting, memory that stays free for a minute or
-//! two goes back to the host; touching it again costs host faults, about 2.5 s of system
-//! time per 4 GiB on the machine the results were measured on (RESULTS.md, session 27).
-//! A scenario touches about (nodes + 1) × the model in stores and page cache, so a run
-//! started after an idle minute paid up to 1 s that a run started right after another
-//! did not. Writing and freeing that much memory first makes the timed part independent
-//! of how long the machine sat idle; the time the write took is reported, so a slow one
-//! shows that the memory had gone back to the host.
+//! On a virtual machine with free page reporting, memory the guest frees goes back to
+//! the host, and touching it again costs host faults. On the machine the results were
+//! measured on that is about 2 s of system time per GiB when the host is busy, and a page
+//! freed for as little as 3 s costs it again (RESULTS.md, session 28). A scenario fills
+//! about nodes × the model with stores and buffers on two shared cores, so a run paid
+//! between nothing and several seconds of its timed part for it, depending on how long
+//! the machine had sat idle: a cost no real node pays for its own data.
+//!
+//! [`HotReserve`] writes that much memory before the scenario and holds it while the
+//! daemons start; from the start of the timed part it frees one block each time the
+//! machine's free memory falls by a block. The kernel hands out recently freed pages
+//! first, so the scenario fills pages the host still backs. The time the write took is
+//! reported: a slow one shows that the memory had gone back to the host.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Never touch more than this share of the machine's available memory.
+/// Never hold more than this share of the machine's available memory.
 const MAX_SHARE_OF_AVAILABLE: u64 = 2;
 
-/// How much to touch for a scenario: what the nodes' stores and the origin will hold,
-/// capped at half the available memory so the write cannot push the machine into swap.
-pub fn prefault_size(nodes: usize, model_bytes: u64) -> u64 {
-    let wanted = (nodes as u64 + 1).saturating_mul(model_bytes);
-    match available_bytes() {
+/// The unit written and freed: small enough to follow the scenario's demand closely.
+const BLOCK: usize = 32 << 20;
+
+/// How often the releasing thread reads the machine's free memory.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How much to hold for a scenario: what its nodes' stores will hold, capped at half
+/// the available memory so that holding it cannot push the machine into swap.
+pub fn reserve_size(nodes: usize, model_bytes: u64) -> u64 {
+    let wanted = (nodes as u64).saturating_mul(model_bytes);
+    match meminfo_bytes("MemAvailable:") {
         Some(available) => wanted.min(available / MAX_SHARE_OF_AVAILABLE),
         None => wanted,
     }
 }
 
-/// Writes `bytes` of fresh memory and frees it; returns how long the write took.
-pub fn prefault(bytes: u64) -> Duration {
-    let started = Instant::now();
-    let Ok(len) = usize::try_from(bytes) else {
-        return Duration::ZERO;
-    };
-    // A non-zero fill writes every page; `vec![0; n]` would map zero pages untouched.
-    let touched = vec![1u8; len];
-    std::hint::black_box(&touched);
-    drop(touched);
-    started.elapsed()
+/// Written memory, held in blocks until [`HotReserve::release_on_demand`].
+pub struct HotReserve {
+    blocks: Vec<Vec<u8>>,
 }
 
-/// `MemAvailable` from /proc/meminfo.
-fn available_bytes() -> Option<u64> {
+impl HotReserve {
+    /// Writes `bytes` of fresh memory (rounded up to whole blocks); how long that took.
+    pub fn fill(bytes: u64) -> (HotReserve, Duration) {
+        let started = Instant::now();
+        let count = usize::try_from(bytes.div_ceil(BLOCK as u64)).unwrap_or(0);
+        // A non-zero fill writes every page; `vec![0; n]` would map zero pages untouched.
+        let blocks = (0..count).map(|_| vec![1u8; BLOCK]).collect();
+        (HotReserve { blocks }, started.elapsed())
+    }
+
+    /// Bytes held.
+    pub fn held(&self) -> u64 {
+        (self.blocks.len() * BLOCK) as u64
+    }
+
+    /// Frees one block each time the machine's free memory falls by a block below what
+    /// it is now; the rest goes when the returned [`Release`] is dropped.
+    pub fn release_on_demand(self) -> Release {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            let mut blocks = self.blocks;
+            std::thread::spawn(move || {
+                let Some(mut floor) = meminfo_bytes("MemFree:") else {
+                    return;
+                };
+                while !stop.load(Ordering::Relaxed) && !blocks.is_empty() {
+                    match meminfo_bytes("MemFree:") {
+                        Some(free) if free + BLOCK as u64 <= floor => {
+                            blocks.pop();
+                            floor = floor.saturating_sub(BLOCK as u64);
+                        }
+                        _ => std::thread::sleep(POLL),
+                    }
+                }
+            })
+        };
+        Release {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// A reserve being freed as the scenario needs memory; dropping it frees the rest.
+pub struct Release {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A byte count from /proc/meminfo (`MemFree:`, `MemAvailable:`).
+fn meminfo_bytes(field: &str) -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib = meminfo
         .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -56,11 +121,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn size_covers_every_store_and_the_origin_but_not_the_whole_machine() {
+    fn size_covers_every_store_but_not_the_whole_machine() {
         let model = 1 << 20;
-        assert_eq!(prefault_size(3, model), 4 << 20);
-        let available = available_bytes().expect("/proc/meminfo has MemAvailable");
-        assert!(prefault_size(1000, u64::MAX / 2000) <= available / 2);
+        assert_eq!(reserve_size(3, model), 3 << 20);
+        let available = meminfo_bytes("MemAvailable:").expect("/proc/meminfo has MemAvailable");
+        assert!(reserve_size(1000, u64::MAX / 2000) <= available / 2);
     }
 
     /// A field of /proc/self/status, in bytes.
@@ -75,11 +140,14 @@ mod tests {
     }
 
     #[test]
-    fn prefault_makes_every_page_resident() {
-        let bytes = 64 << 20;
+    fn the_reserve_is_resident_until_released() {
         let resident_before = status_bytes("VmRSS:");
-        prefault(bytes);
-        // Untouched (zero-mapped) pages would leave the high-water mark where it was.
-        assert!(status_bytes("VmHWM:") >= resident_before + bytes * 9 / 10);
+        let (reserve, _) = HotReserve::fill(3 * BLOCK as u64 - 1);
+        assert_eq!(reserve.held(), 3 * BLOCK as u64);
+        // Untouched (zero-mapped) pages would not count as resident.
+        assert!(status_bytes("VmRSS:") >= resident_before + reserve.held() * 9 / 10);
+        let release = reserve.release_on_demand();
+        drop(release);
+        assert!(status_bytes("VmRSS:") < resident_before + BLOCK as u64);
     }
 }

@@ -20,6 +20,7 @@
 //! scenario `timeline-<scenario>.csv` (the machine's CPU, the origin's link and every
 //! node's, every 0.5 s).
 
+mod daemon;
 mod host_memory;
 mod model;
 mod netns;

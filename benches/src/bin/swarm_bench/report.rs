@@ -2,8 +2,9 @@
 
 use std::fmt::Write as _;
 
+use crate::daemon::UdpCounters;
 use crate::netns::{ShaperCounters, TcpSegments};
-use crate::scenario::{RunArgs, UdpCounters};
+use crate::scenario::RunArgs;
 
 /// What one scenario measured.
 pub struct ScenarioResult {
@@ -26,7 +27,8 @@ pub struct ScenarioResult {
     pub udp: UdpCounters,
     /// Share of the machine's CPU busy while the pulls ran (`timeline.rs`).
     pub cpu_busy: Option<f64>,
-    /// Memory written and freed before the scenario, and how long that took.
+    /// Memory written before the scenario (freed as it filled memory), and how long
+    /// the write took.
     pub prefault: (u64, std::time::Duration),
 }
 
@@ -115,7 +117,7 @@ pub fn markdown(
         s.push_str(&row(r));
         s.push('\n');
     }
-    s.push_str("\nMemory written and freed before each scenario (`--prefault`; a slow write means the machine had handed it back to its host):");
+    s.push_str("\nMemory written before each scenario and freed as it filled memory (`--prefault`; a slow write means the machine had handed it back to its host):");
     for r in results {
         let (bytes, took) = r.prefault;
         s.push_str(&format!(

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::host_memory;
-use crate::netns::{self, snmp_field, Host, Network, ShaperCounters, TcpSegments};
+use crate::daemon::{Daemon, UdpCounters};
+use crate::host_memory::{self, HotReserve};
+use crate::netns::{self, Host, Network, ShaperCounters, TcpSegments};
 use crate::report::{self, ScenarioResult};
 use crate::timeline::{Sampler, Timeline};
 
@@ -53,17 +54,17 @@ pub struct RunArgs {
     /// share: `/dev/shm` takes the shared disk out of the measurement.
     #[arg(long)]
     pub store_dir: Option<PathBuf>,
-    /// Memory to write and free before each scenario, so that none pays for memory the
-    /// machine handed back to its host while idle (`host_memory.rs`): `auto` is
-    /// (nodes + 1) × the model, `0` turns it off.
+    /// Memory to write before each scenario and free as the scenario fills memory, so
+    /// that no run pays for memory the machine handed back to its host
+    /// (`host_memory.rs`): `auto` is nodes × the model, `0` turns it off.
     #[arg(long, default_value = "auto", value_parser = parse_prefault)]
     pub prefault: Prefault,
 }
 
-/// `--prefault`: how much memory to touch before each scenario.
+/// `--prefault`: how much memory to write before each scenario.
 #[derive(Clone, Copy, Debug)]
 pub enum Prefault {
-    /// What the scenario's stores and the origin will hold.
+    /// What the scenario's stores will hold.
     Auto,
     Bytes(u64),
 }
@@ -75,113 +76,10 @@ fn parse_prefault(s: &str) -> Result<Prefault, String> {
     shoal_daemon::config::parse_size(s).map(Prefault::Bytes)
 }
 
-struct Daemon {
-    child: Child,
-    args: Vec<String>,
-    ns: String,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(
-        ns: &str,
-        shoald: &Path,
-        args: Vec<String>,
-        log: PathBuf,
-        filter: &str,
-    ) -> Result<Daemon> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(shoald)
-            .args(&args)
-            .env("SHOAL_LOG", filter)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .context("starting shoald")?;
-        Ok(Daemon {
-            child,
-            args,
-            ns: ns.to_owned(),
-            log,
-        })
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// (peak RSS bytes, CPU seconds) from /proc while it runs.
-    fn usage(&self) -> (u64, f64) {
-        let pid = self.child.id();
-        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            * 1024;
-        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                let after = s.rsplit_once(')')?.1;
-                let f: Vec<&str> = after.split_whitespace().collect();
-                let ticks: f64 =
-                    f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-                Some(ticks / 100.0)
-            })
-            .unwrap_or(0.0);
-        (rss, cpu)
-    }
-
-    /// Its network namespace's UDP counters (datagrams received, datagrams dropped
-    /// because a socket's receive buffer was full). The namespace outlives a killed
-    /// daemon, so a restarted one continues the same counters.
-    fn udp_counters(&self) -> UdpCounters {
-        let pid = self.child.id();
-        let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).unwrap_or_default();
-        UdpCounters {
-            received: snmp_field(&snmp, "Udp", "InDatagrams"),
-            dropped: snmp_field(&snmp, "Udp", "RcvbufErrors"),
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A namespace's UDP counters, or the change in them over a scenario.
-#[derive(Clone, Copy, Default)]
-pub struct UdpCounters {
-    pub received: u64,
-    pub dropped: u64,
-}
-
-impl UdpCounters {
-    fn since(self, before: UdpCounters) -> UdpCounters {
-        UdpCounters {
-            received: self.received.saturating_sub(before.received),
-            dropped: self.dropped.saturating_sub(before.dropped),
-        }
-    }
-}
-
 /// Pulls running in a scenario's timed part, and what is measured over it.
 struct TimedPulls {
+    /// Frees the pre-faulted memory as the pulls fill memory; dropped when they end.
+    _release: Option<host_memory::Release>,
     pulls: Vec<(usize, Child)>,
     net_before: NetCounters,
     sampler: Sampler,
@@ -485,11 +383,19 @@ impl Bench {
 
     /// Starts the timed part: pulls on the `which` nodes from `base`, with the network's
     /// counters read just before and the timeline sampled from then on.
-    fn start_timed(&self, which: &[usize], base: &str, daemons: &[Daemon]) -> Result<TimedPulls> {
+    fn start_timed(
+        &self,
+        which: &[usize],
+        base: &str,
+        daemons: &[Daemon],
+        reserve: Option<HotReserve>,
+    ) -> Result<TimedPulls> {
         let net_before = self.net_counters()?;
+        let release = reserve.map(HotReserve::release_on_demand);
         let pulls = self.spawn_pulls(which, base)?;
         let sampler = self.sample_nodes(&pulls, daemons);
         Ok(TimedPulls {
+            _release: release,
             pulls,
             net_before,
             sampler,
@@ -522,24 +428,26 @@ impl Bench {
         Sampler::start(self.origin_pid, pids)
     }
 
-    /// Touches the memory the next scenario will use (`--prefault`); how much, and how
-    /// long the write took.
-    fn prefault(&self) -> (u64, Duration) {
+    /// Writes the memory the next scenario will fill (`--prefault`), to be freed as it
+    /// does; how much, and how long the write took.
+    fn prefault(&self) -> (HotReserve, Duration) {
         let bytes = match self.args.prefault {
-            Prefault::Auto => host_memory::prefault_size(self.net.nodes.len(), self.model_bytes),
+            Prefault::Auto => host_memory::reserve_size(self.net.nodes.len(), self.model_bytes),
             Prefault::Bytes(b) => b,
         };
-        (bytes, host_memory::prefault(bytes))
+        HotReserve::fill(bytes)
     }
 
     async fn scenario(&mut self, name: &str) -> Result<ScenarioResult> {
         let all: Vec<usize> = (0..self.net.nodes.len()).collect();
-        let prefault = self.prefault();
+        let (reserve, took) = self.prefault();
+        let prefault = (reserve.held(), took);
         eprintln!(
             "prefaulted {:.1} GiB in {:.2} s",
             prefault.0 as f64 / (1u64 << 30) as f64,
             prefault.1.as_secs_f64()
         );
+        let reserve = Some(reserve);
         let origin_base = format!("http://{}:5000", self.net.origin.ip);
         let mirror = "http://127.0.0.1:5050";
         let mut daemons = Vec::new();
@@ -550,13 +458,13 @@ impl Bench {
             timeline,
         } = match name {
             "direct" => {
-                let timed = self.start_timed(&all, &origin_base, &daemons)?;
+                let timed = self.start_timed(&all, &origin_base, &daemons, reserve)?;
                 self.finish_timed(timed)?
             }
             "cold" | "churn" => {
                 daemons = self.start_daemons(name)?;
                 udp_before = daemons.iter().map(Daemon::udp_counters).collect();
-                let timed = self.start_timed(&all, mirror, &daemons)?;
+                let timed = self.start_timed(&all, mirror, &daemons, reserve)?;
                 if name == "churn" {
                     std::thread::sleep(Duration::from_secs_f64(self.t_limit() * 0.4));
                     let victims: Vec<usize> = all.iter().copied().filter(|i| i % 3 == 1).collect();
@@ -582,7 +490,7 @@ impl Bench {
                 daemons = self.start_daemons(name)?;
                 Bench::collect(self.spawn_pulls(&[0], mirror)?)?;
                 udp_before = daemons.iter().map(Daemon::udp_counters).collect();
-                let timed = self.start_timed(&all[1..], mirror, &daemons)?;
+                let timed = self.start_timed(&all[1..], mirror, &daemons, reserve)?;
                 self.finish_timed(timed)?
             }
             other => bail!("unknown scenario {other:?} (direct, cold, warm, churn)"),
