@@ -4,7 +4,7 @@
 //! the host, and touching it again costs host faults. On the machine the results were
 //! measured on that is about 2 s of system time per GiB when the host is busy, and a page
 //! freed for as little as 3 s costs it again (RESULTS.md, session 28). A scenario fills
-//! about nodes × the model with stores and buffers on two shared cores, so a run paid
+//! about (nodes + 1) × the model with stores and buffers on two shared cores, so a run paid
 //! between nothing and several seconds of its timed part for it, depending on how long
 //! the machine had sat idle: a cost no real node pays for its own data.
 //!
@@ -28,10 +28,12 @@ const BLOCK: usize = 32 << 20;
 /// How often the releasing thread reads the machine's free memory.
 const POLL: Duration = Duration::from_millis(20);
 
-/// How much to hold for a scenario: what its nodes' stores will hold, capped at half
-/// the available memory so that holding it cannot push the machine into swap.
+/// How much to hold for a scenario: what its nodes' stores will hold, and as much again
+/// as one store for the daemons' heaps and buffers, capped at half the available memory
+/// so that holding it cannot push the machine into swap. Only what the scenario takes
+/// is freed during it, so more costs only the time to write it.
 pub fn reserve_size(nodes: usize, model_bytes: u64) -> u64 {
-    let wanted = (nodes as u64).saturating_mul(model_bytes);
+    let wanted = (nodes as u64 + 1).saturating_mul(model_bytes);
     match meminfo_bytes("MemAvailable:") {
         Some(available) => wanted.min(available / MAX_SHARE_OF_AVAILABLE),
         None => wanted,
@@ -123,7 +125,7 @@ mod tests {
     #[test]
     fn size_covers_every_store_but_not_the_whole_machine() {
         let model = 1 << 20;
-        assert_eq!(reserve_size(3, model), 3 << 20);
+        assert_eq!(reserve_size(3, model), 4 << 20);
         let available = meminfo_bytes("MemAvailable:").expect("/proc/meminfo has MemAvailable");
         assert!(reserve_size(1000, u64::MAX / 2000) <= available / 2);
     }

@@ -56,7 +56,7 @@ pub struct RunArgs {
     pub store_dir: Option<PathBuf>,
     /// Memory to write before each scenario and free as the scenario fills memory, so
     /// that no run pays for memory the machine handed back to its host
-    /// (`host_memory.rs`): `auto` is nodes × the model, `0` turns it off.
+    /// (`host_memory.rs`): `auto` is (nodes + 1) × the model, `0` turns it off.
     #[arg(long, default_value = "auto", value_parser = parse_prefault)]
     pub prefault: Prefault,
 }
@@ -64,7 +64,7 @@ pub struct RunArgs {
 /// `--prefault`: how much memory to write before each scenario.
 #[derive(Clone, Copy, Debug)]
 pub enum Prefault {
-    /// What the scenario's stores will hold.
+    /// What the scenario's stores will hold, and one store more.
     Auto,
     Bytes(u64),
 }
