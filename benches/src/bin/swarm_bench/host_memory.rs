@@ -68,17 +68,12 @@ impl HotReserve {
             let stop = stop.clone();
             let mut blocks = self.blocks;
             std::thread::spawn(move || {
-                let Some(mut floor) = meminfo_bytes("MemFree:") else {
+                let Some(floor) = meminfo_bytes("MemFree:") else {
                     return;
                 };
                 while !stop.load(Ordering::Relaxed) && !blocks.is_empty() {
-                    match meminfo_bytes("MemFree:") {
-                        Some(free) if free + BLOCK as u64 <= floor => {
-                            blocks.pop();
-                            floor = floor.saturating_sub(BLOCK as u64);
-                        }
-                        _ => std::thread::sleep(POLL),
-                    }
+                    release_below(&mut blocks, floor, |_| meminfo_bytes("MemFree:"));
+                    std::thread::sleep(POLL);
                 }
             })
         };
@@ -87,6 +82,28 @@ impl HotReserve {
             thread: Some(thread),
         }
     }
+}
+
+/// Frees blocks while the free memory is a block or more below `floor`, the free memory
+/// when the scenario started taking it: each freed block raises it again, so the blocks go
+/// one per block the scenario took. `free_now` is told how many this call has freed.
+/// Returns that number.
+fn release_below<T>(
+    blocks: &mut Vec<T>,
+    floor: u64,
+    mut free_now: impl FnMut(usize) -> Option<u64>,
+) -> usize {
+    let mut freed = 0;
+    while !blocks.is_empty() {
+        match free_now(freed) {
+            Some(free) if free + BLOCK as u64 <= floor => {
+                blocks.pop();
+                freed += 1;
+            }
+            _ => break,
+        }
+    }
+    freed
 }
 
 /// A reserve being freed as the scenario needs memory; dropping it frees the rest.
@@ -128,6 +145,31 @@ mod tests {
         assert_eq!(reserve_size(3, model), 4 << 20);
         let available = meminfo_bytes("MemAvailable:").expect("/proc/meminfo has MemAvailable");
         assert!(reserve_size(1000, u64::MAX / 2000) <= available / 2);
+    }
+
+    /// A scenario that takes memory in bursts gets one block back per block it took, for
+    /// as long as the reserve lasts.
+    #[test]
+    fn one_block_is_freed_per_block_taken() {
+        let block = BLOCK as u64;
+        let floor = 100 * block;
+        let mut blocks = vec![(); 10];
+        let mut taken = 0u64;
+        let mut released = 0u64;
+        for burst in [block / 2, block / 2, 3 * block, block + 1, 4 * block] {
+            taken += burst;
+            let freed = release_below(&mut blocks, floor, |freed_now| {
+                Some(floor - taken + (released + freed_now as u64) * block)
+            });
+            released += freed as u64;
+            assert_eq!(released, taken / block, "after taking {taken} bytes");
+        }
+        // 9.5 blocks taken so far; the reserve runs out at the tenth.
+        taken += block;
+        release_below(&mut blocks, floor, |freed_now| {
+            Some(floor - taken + (released + freed_now as u64) * block)
+        });
+        assert!(blocks.is_empty());
     }
 
     /// A field of /proc/self/status, in bytes.
