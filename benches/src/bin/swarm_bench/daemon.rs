@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context as _, Result};
 
+use crate::host_memory::kib_field;
 use crate::netns::snmp_field;
 
 /// A running shoald, killed when dropped.
@@ -55,13 +56,8 @@ impl Daemon {
         let pid = self.child.id();
         let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            * 1024;
+            .and_then(|s| kib_field(&s, "VmHWM:"))
+            .unwrap_or(0);
         let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|s| {

@@ -123,8 +123,12 @@ impl Drop for Release {
 
 /// A byte count from /proc/meminfo (`MemFree:`, `MemAvailable:`).
 fn meminfo_bytes(field: &str) -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib = meminfo
+    kib_field(&std::fs::read_to_string("/proc/meminfo").ok()?, field)
+}
+
+/// A `Field:   1234 kB` line of a /proc file (meminfo, a process's status), in bytes.
+pub fn kib_field(text: &str, field: &str) -> Option<u64> {
+    let kib = text
         .lines()
         .find_map(|l| l.strip_prefix(field))?
         .trim()
@@ -175,12 +179,7 @@ mod tests {
     /// A field of /proc/self/status, in bytes.
     fn status_bytes(field: &str) -> u64 {
         let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("field present");
-        kib * 1024
+        kib_field(&status, field).expect("field present")
     }
 
     #[test]

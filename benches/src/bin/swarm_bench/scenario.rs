@@ -79,7 +79,7 @@ fn parse_prefault(s: &str) -> Result<Prefault, String> {
 /// Pulls running in a scenario's timed part, and what is measured over it.
 struct TimedPulls {
     /// Frees the pre-faulted memory as the pulls fill memory; dropped when they end.
-    _release: Option<host_memory::Release>,
+    _release: host_memory::Release,
     pulls: Vec<(usize, Child)>,
     net_before: NetCounters,
     sampler: Sampler,
@@ -388,10 +388,10 @@ impl Bench {
         which: &[usize],
         base: &str,
         daemons: &[Daemon],
-        reserve: Option<HotReserve>,
+        reserve: HotReserve,
     ) -> Result<TimedPulls> {
         let net_before = self.net_counters()?;
-        let release = reserve.map(HotReserve::release_on_demand);
+        let release = reserve.release_on_demand();
         let pulls = self.spawn_pulls(which, base)?;
         let sampler = self.sample_nodes(&pulls, daemons);
         Ok(TimedPulls {
@@ -447,7 +447,6 @@ impl Bench {
             prefault.0 as f64 / (1u64 << 30) as f64,
             prefault.1.as_secs_f64()
         );
-        let reserve = Some(reserve);
         let origin_base = format!("http://{}:5000", self.net.origin.ip);
         let mirror = "http://127.0.0.1:5050";
         let mut daemons = Vec::new();
