@@ -1,4 +1,5 @@
 use super::*;
+use crate::chunk::ChunkHash;
 
 fn d(n: u8) -> Digest {
     Digest::from_sha256_bytes([n; 32])
