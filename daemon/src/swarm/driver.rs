@@ -361,12 +361,20 @@ impl Run {
     /// Size and chunking: from a resumed partial, the peers, or the origin.
     async fn layout(&self, linked: &[LinkedPeer]) -> Result<ChunkLayout, DownloadError> {
         let chunk_size = self.ctx.store.chunk_size();
-        if let Some(layout) = self.ctx.store.partial_layout(&self.digest)? {
-            return Ok(layout);
-        }
-        let offers = linked
+        let offers: Vec<(ChunkLayout, bool)> = linked
             .iter()
-            .filter_map(|(_, link)| Some((link.layout?, links::is_complete(link))));
+            .filter_map(|(_, link)| Some((link.layout?, links::is_complete(link))))
+            .collect();
+        if let Some(partial) = self.ctx.store.partial_layout(&self.digest)? {
+            if links::resume_in_partial_layout(partial, &offers) {
+                return Ok(partial);
+            }
+            tracing::info!(
+                digest = %self.digest,
+                partial_chunk_size = partial.chunk_size,
+                "dropping partial blob: complete peers hold it only in another chunk layout"
+            );
+        }
         if let Some(layout) = links::shared_layout(offers, chunk_size) {
             return Ok(layout);
         }

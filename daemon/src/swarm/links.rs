@@ -72,6 +72,23 @@ pub(super) fn shared_layout(
         .map(|(layout, _)| layout)
 }
 
+/// Whether to resume a partial blob in the layout it was recorded in, given the layouts
+/// linked peers offer (with whether they hold all of it): yes, unless peers hold the
+/// whole blob and none holds or downloads it in the partial's layout. Peers trade a
+/// blob only in one layout, so resuming then would leave the origin alone to finish it
+/// (and nothing, with the origin down); the partial's bytes are cheaper to fetch again
+/// from the peers.
+pub(super) fn resume_in_partial_layout(
+    partial: ChunkLayout,
+    offers: &[(ChunkLayout, bool)],
+) -> bool {
+    let shared = offers.iter().any(|&(layout, _)| layout == partial);
+    let complete_elsewhere = offers
+        .iter()
+        .any(|&(layout, complete)| complete && layout != partial && layout.is_well_formed());
+    shared || !complete_elsewhere
+}
+
 /// A peer's have-map as scheduler chunks, when its layout matches ours.
 pub(super) fn bitfield_event(
     peer: NodeId,
@@ -340,6 +357,34 @@ mod tests {
         // Only another size on offer: joining it beats fetching alone.
         assert_eq!(shared_layout([(other, false)], MIB / 2), Some(other));
         assert_eq!(shared_layout([], MIB / 2), None);
+    }
+
+    #[test]
+    fn a_partial_is_dropped_only_when_complete_peers_hold_the_blob_in_another_layout() {
+        let partial = ChunkLayout::for_blob(SIZE, MIB);
+        let other = ChunkLayout::for_blob(SIZE, MIB / 2);
+        let tiny = ChunkLayout::new(SIZE, 4096);
+        // Alone, or with peers that could still trade in the partial's layout: resume.
+        assert!(resume_in_partial_layout(partial, &[]));
+        assert!(resume_in_partial_layout(partial, &[(partial, false)]));
+        assert!(resume_in_partial_layout(
+            partial,
+            &[(partial, true), (other, true)]
+        ));
+        assert!(resume_in_partial_layout(
+            partial,
+            &[(partial, false), (other, true)]
+        ));
+        // Other layouts, none complete: the origin finishes either way; keep the bytes.
+        assert!(resume_in_partial_layout(partial, &[(other, false)]));
+        // A malformed offer is no reason to drop anything.
+        assert!(resume_in_partial_layout(partial, &[(tiny, true)]));
+        // Only a complete peer in another layout: it alone can finish the blob.
+        assert!(!resume_in_partial_layout(partial, &[(other, true)]));
+        assert!(!resume_in_partial_layout(
+            partial,
+            &[(other, false), (other, true)]
+        ));
     }
 
     #[test]

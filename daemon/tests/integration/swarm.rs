@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use crate::common::oci::{self, Pusher};
 use crate::common::swarm::Swarm;
+use crate::common::wait_until;
 
 /// A 2-node swarm (Kademlia's smallest case): B gets a blob from A with the origin down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,6 +51,72 @@ async fn b_gets_the_blob_from_a_with_the_origin_down(seed: u64, a_args: &[&str])
     );
     let from_peers = swarm.nodes[1].shoald.metric("shoal_peer_bytes_total").await;
     assert_eq!(from_peers as usize, layer.bytes.len());
+}
+
+/// B left a partial blob in 1 MiB chunks; A then stored the whole blob in 512 KiB
+/// chunks. With the origin down, B must drop its partial and take the blob from A:
+/// resuming in its own layout would leave only the origin to finish it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_no_peer_can_finish_is_dropped_for_a_complete_peers_layout() {
+    const MIB: u64 = 1024 * 1024;
+    let Some(mut swarm) = Swarm::origin().await else {
+        return;
+    };
+    let model = oci::model(94, &[64 * MIB as usize + 321]);
+    Pusher::new(&swarm.registry.host(), None)
+        .artifact("models/partial", "v1", &model)
+        .await;
+    let layer = model.layers[0].clone();
+    swarm.add_node(None, &[]).await;
+    swarm.add_node(None, &["--chunk-size", "1MiB"]).await;
+    swarm.wait_peers(1, 1).await;
+
+    // B gets part of the blob from a slow origin, then dies.
+    // (The rate is per origin connection, and B has several ranges out.)
+    swarm.proxy.state.rate.store(2 * MIB, Ordering::SeqCst);
+    let url = swarm.nodes[1]
+        .shoald
+        .url(&format!("/v2/models/partial/blobs/{}", layer.digest));
+    let pull = tokio::spawn(async move {
+        let _ = crate::common::http().get(url).send().await;
+    });
+    let proxy = swarm.proxy.state.clone();
+    let started = wait_until(60, || {
+        proxy.downstream_bytes.load(Ordering::SeqCst) >= 16 * MIB
+    })
+    .await;
+    assert!(
+        started,
+        "B made no progress: {}",
+        swarm.nodes[1].shoald.logs()
+    );
+    // Past the store index's periodic flush (500 ms), as a crash would usually be.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    swarm.nodes[1].shoald.kill9();
+    pull.abort();
+
+    // A stores the whole blob in its own 512 KiB chunks.
+    swarm.proxy.state.rate.store(0, Ordering::SeqCst);
+    let r = swarm.get_blob(0, "models/partial", &layer.digest).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), layer.bytes);
+
+    // B comes back with the origin down.
+    swarm.proxy.state.down.store(true, Ordering::SeqCst);
+    let egress = swarm.egress();
+    swarm.nodes[1].shoald.restart().await;
+    let b = &swarm.nodes[1].shoald;
+    let relinked = wait_until(20, || b.logs().matches("peer identified").count() >= 2).await;
+    assert!(relinked, "B did not find A again: {}", b.logs());
+    let r = swarm.get_blob(1, "models/partial", &layer.digest).await;
+    assert_eq!(r.status(), 200, "{}", b.logs());
+    assert_eq!(r.bytes().await.unwrap(), layer.bytes);
+    assert_eq!(swarm.egress(), egress, "B must not touch the origin");
+    assert!(
+        b.logs().contains("dropping partial blob"),
+        "B should have dropped its 1 MiB partial: {}",
+        b.logs()
+    );
 }
 
 /// Cooperative cold start: 4 nodes ask for the same 256 MiB blob at the same moment;
