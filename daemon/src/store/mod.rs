@@ -192,6 +192,11 @@ impl Store {
         self.chunk_size
     }
 
+    /// The layout this node gives a new blob of `size` bytes.
+    pub fn new_blob_layout(&self, size: u64) -> ChunkLayout {
+        ChunkLayout::for_blob(size, self.chunk_size)
+    }
+
     /// Bytes in use (committed plus reserved by running ingests).
     pub fn used_bytes(&self) -> u64 {
         self.lock_space().used
@@ -266,7 +271,7 @@ impl Store {
         let layout = self
             .partial_layout(&digest)?
             .filter(|l| l.size == size)
-            .unwrap_or_else(|| ChunkLayout::for_blob(size, self.chunk_size));
+            .unwrap_or_else(|| self.new_blob_layout(size));
         self.begin_ingest_as(digest, layout, media_type)
     }
 
@@ -289,7 +294,7 @@ impl Store {
         size: u64,
         media_type: Option<String>,
     ) -> Result<Ingest> {
-        let layout = ChunkLayout::for_blob(size, self.chunk_size);
+        let layout = self.new_blob_layout(size);
         Ingest::begin(self.clone(), digest, layout, media_type, false)
     }
 
@@ -303,7 +308,7 @@ impl Store {
         if let Some(existing) = self.index.blob(&digest)? {
             return Ok(existing);
         }
-        let layout = ChunkLayout::for_blob(bytes.len() as u64, self.chunk_size);
+        let layout = self.new_blob_layout(bytes.len() as u64);
         let mut ingest = Ingest::begin(self.clone(), digest, layout, media_type, false)?;
         ingest.write(bytes)?;
         ingest.commit()
@@ -332,7 +337,7 @@ impl Store {
         Ok(self.index.partial(digest)?.map(|p| {
             Some(ChunkLayout::new(p.size, p.chunk_size))
                 .filter(ChunkLayout::is_well_formed)
-                .unwrap_or_else(|| ChunkLayout::for_blob(p.size, self.chunk_size))
+                .unwrap_or_else(|| self.new_blob_layout(p.size))
         }))
     }
 

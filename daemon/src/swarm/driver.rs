@@ -360,7 +360,6 @@ impl Run {
 
     /// Size and chunking: from a resumed partial, the peers, or the origin.
     async fn layout(&self, linked: &[LinkedPeer]) -> Result<ChunkLayout, DownloadError> {
-        let chunk_size = self.ctx.store.chunk_size();
         let offers: Vec<(ChunkLayout, bool)> = linked
             .iter()
             .filter_map(|(_, link)| Some((link.layout?, links::is_complete(link))))
@@ -375,7 +374,7 @@ impl Run {
                 "dropping partial blob: complete peers hold it only in another chunk layout"
             );
         }
-        if let Some(layout) = links::shared_layout(offers, chunk_size) {
+        if let Some(layout) = links::shared_layout(offers, self.ctx.store.chunk_size()) {
             return Ok(layout);
         }
         let size = self
@@ -383,7 +382,7 @@ impl Run {
             .upstream
             .blob_size(&self.target, &self.digest, self.client_auth.clone())
             .await?;
-        Ok(ChunkLayout::for_blob(size, chunk_size))
+        Ok(self.ctx.store.new_blob_layout(size))
     }
 
     /// The chunk index, from the first complete peer that gives a consistent one.
